@@ -1,0 +1,80 @@
+"""The resolved, immutable settings the gateway runs on (built from the config file by ``load``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..plugin import AnswerMapper, PrompterFn, RequestMapper, Template
+
+__all__ = ["IPNetwork", "Route", "Settings", "Target"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Route:
+    """One mapped inbound path of a target, with its plug-ins resolved."""
+
+    inbound: str
+    upstream_path: str
+    methods: frozenset[str] | None
+    request_mapper: RequestMapper | None
+    answer_mapper: AnswerMapper | None
+    prompter: PrompterFn | None
+    template: Template | None
+    entry: dict[str, Any]
+
+    @property
+    def translates(self) -> bool:
+        return self.request_mapper is not None or self.answer_mapper is not None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str  # base URL without trailing slash
+    api_key: str | None
+    preserve_method: bool
+    timeout: float
+    options: dict[str, Any]
+    routes: dict[str, Route]
+
+    def find(self, path: str) -> Route | None:
+        """The route for ``path``; a ``/v1`` prefix is optional when only the bare path is mapped."""
+        route = self.routes.get(path)
+        if route is None and path.startswith("/v1/"):
+            route = self.routes.get(path[3:])
+        return route
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    master_key: str
+    targets: dict[str, Target]
+    default_target: str
+    timeout: float = 30.0
+    debug: bool = False
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
+    max_body_size: int = 4 * 1024 * 1024
+    max_redirects: int = 5
+    pool_size: int = 256
+    max_tries: int = 3
+    whitelist: tuple[IPNetwork, ...] = ()
+    blacklist: tuple[IPNetwork, ...] = ()
+    #: True when the master key came from the config file rather than MOOLTIPROXY_KEY
+    key_from_file: bool = False
+    source: str = "config"
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret the gateway knows, for redaction in logs."""
+        keys = [self.master_key] + [t.api_key for t in self.targets.values() if t.api_key]
+        return tuple(k for k in keys if k)

@@ -1,0 +1,73 @@
+"""The config file's shape, as typed models (validated once, at start-up; never on the request path).
+
+The original sections and keys (``system``, ``cerbere``, ``targets``, ``templates``) load unchanged; new keys are
+optional. Unknown keys are errors, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["CerbereSection", "MappingEntry", "SystemSection", "TargetSection"]
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SystemSection(_Strict):
+    ssl: bool = False
+    certfile: str = "certificates/cert.pem"
+    keyfile: str = "certificates/key.pem"
+    debug: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: seconds; bounds the upstream connect and every read (between chunks for streams)
+    timeout: float = Field(default=30, gt=0)
+    masterkey: str | None = None
+    #: proxies whose X-Forwarded-For header is believed (addresses or CIDR ranges)
+    trusted_proxies: list[str] = []
+    #: origins allowed by CORS; ["*"] allows any
+    cors: list[str] = ["*"]
+    #: largest request body accepted, in bytes (413 above)
+    max_body_size: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    #: connections kept per target
+    pool_size: int = Field(default=256, ge=1)
+
+
+class CerbereSection(_Strict):
+    max_tries: int = Field(default=3, ge=1)
+    whitelist: list[str] = []
+    blacklist: list[str] = []
+
+
+class MappingEntry(_Strict):
+    path: str | None = None
+    in_: str | None = Field(default=None, alias="in")
+    out: str | None = None
+    prompter: str | None = None
+    template: str | None = None
+    methods: list[HttpMethod] | None = None
+    #: upstream path for streamed requests (default: ``path`` with ``/generate`` → ``/generate_stream``)
+    stream_path: str | None = None
+    #: system prompt used when the conversation has none (fromTemplate, llama2_chat)
+    default_system: str | None = None
+
+
+class TargetSection(_Strict):
+    url: str
+    key: str | None = None
+    envkey: str | None = None
+    preserveMethod: bool = False
+    #: model name answered to clients (default: the request's ``model``); listed by ``GET /models``
+    model: str | None = None
+    #: refuse request parameters the target cannot honour instead of ignoring them
+    strict: bool = False
+    timeout: float | None = Field(default=None, gt=0)
+    max_stop_sequences: int = Field(default=4, ge=0)
+    mapping: dict[str, Any]

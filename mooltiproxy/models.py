@@ -1,0 +1,84 @@
+"""``GET /models``: an OpenAI model list built from the targets, when the chosen target does not map it.
+
+A target's model is its configured ``model``, else the ``model_id`` of its TGI ``/info`` (fetched once, then
+cached), else the target's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config.model import Settings
+from .errors import GatewayError, NotFound
+from .upstream import Upstream
+
+__all__ = ["ModelList"]
+
+log = logging.getLogger("mooltiproxy")
+
+#: how long a failed /info look-up is remembered before it is tried again
+RETRY_AFTER_FAILURE = 60.0
+
+
+class ModelList:
+    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self.created = int(time.time())
+        self._known: dict[str, str] = {}
+        self._failed: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def model_of(self, name: str) -> str:
+        target = self.settings.targets[name]
+        configured = target.options.get("model")
+        if configured:
+            return str(configured)
+        if name in self._known:
+            return self._known[name]
+        if time.monotonic() - self._failed.get(name, -RETRY_AFTER_FAILURE) < RETRY_AFTER_FAILURE:
+            return name
+        model = await self._fetch_info(name)
+        if model is None:
+            self._failed[name] = time.monotonic()
+            return name
+        self._known[name] = model
+        return model
+
+    async def _fetch_info(self, name: str) -> str | None:
+        try:
+            async with self.upstreams[name].request("GET", "/info", "", CIMultiDict(), None) as resp:
+                if resp.status != 200:
+                    return None
+                info: Any = orjson.loads(await resp.read())
+        except (GatewayError, orjson.JSONDecodeError) as exc:
+            log.info("no /info from target '%s': %s", name, exc)
+            return None
+        model = info.get("model_id") if isinstance(info, dict) else None
+        return model if isinstance(model, str) and model else None
+
+    async def listing(self, only: str | None) -> list[dict[str, Any]]:
+        names = [only] if only else list(self.settings.targets)
+        async with self._lock:
+            models = await asyncio.gather(*(self.model_of(n) for n in names))
+        seen: dict[str, dict[str, Any]] = {}
+        for name, model in zip(names, models, strict=False):
+            seen.setdefault(model, {"id": model, "object": "model", "created": self.created, "owned_by": name})
+        return list(seen.values())
+
+    async def answer(self, path: str, target_header: str | None) -> web.Response:
+        data = await self.listing(target_header if target_header in self.settings.targets else None)
+        if "/models/" in path:
+            wanted = path.split("/models/", 1)[1]
+            for model in data:
+                if model["id"] == wanted:
+                    return web.Response(body=orjson.dumps(model), content_type="application/json")
+            raise NotFound(f"The model '{wanted}' does not exist", param="model", code="model_not_found")
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")

@@ -1,0 +1,92 @@
+"""Starting and running the gateway: the programmatic API under the CLI (also used by the tests and the demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .config.model import Settings
+from .server import create_app
+
+__all__ = ["run", "serve_forever", "start_gateway"]
+
+T = TypeVar("T")
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.ssl_certfile or not settings.ssl_keyfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    return context
+
+
+async def start_gateway(
+    settings: Settings, host: str | None = None, port: int | None = None
+) -> tuple[web.AppRunner, str]:
+    """Start the gateway; return its runner (``await runner.cleanup()`` stops it) and its base URL."""
+    app = create_app(settings)
+    # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    context = ssl_context(settings)
+    site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port, ssl_context=context)
+    await site.start()
+    sockets = runner.addresses
+    bound = sockets[0][1] if sockets else port
+    shown = host or settings.host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    scheme = "https" if context else "http"
+    return runner, f"{scheme}://{shown}:{bound}"
+
+
+async def serve_forever(
+    start: Callable[[], Awaitable[list[web.AppRunner]]], announce: Callable[[], None] | None = None
+) -> None:
+    """Run what ``start`` started until SIGINT/SIGTERM, then clean up every runner."""
+    runners = await start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - platforms without signal handlers
+            pass
+    if announce:
+        announce()
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is available (it is a dependency on every platform but Windows)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    uvloop.install()  # pragma: no cover - Python 3.10
+    return asyncio.run(main)  # pragma: no cover
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("aiohttp").setLevel(logging.WARNING)

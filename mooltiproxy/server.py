@@ -1,0 +1,194 @@
+"""The inbound side: the aiohttp application, in the fixed order health → CORS pre-flight → guard → routing → proxy.
+
+Every error becomes an OpenAI-shaped JSON answer with its status; an unexpected exception is logged with its
+traceback and answered as a plain 500, never shown to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .config.model import Settings, Target
+from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .guard import Guard
+from .models import ModelList
+from .proxy import Exchange, forward
+from .redact import Redactor
+from .upstream import Upstream
+
+__all__ = ["HEALTH_PATH", "create_app"]
+
+access_log = logging.getLogger("mooltiproxy.access")
+log = logging.getLogger("mooltiproxy")
+
+HEALTH_PATH = "/-/health"
+_PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+_EXPOSED = "Retry-After, X-Request-Id, X-Prompt-Tokens, X-Generated-Tokens"
+
+
+class Gateway:
+    """Per-process state: settings, the guard with its ban list, one upstream client per target."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.guard = Guard(
+            settings.master_key,
+            max_tries=settings.max_tries,
+            whitelist=settings.whitelist,
+            blacklist=settings.blacklist,
+            trusted_proxies=settings.trusted_proxies,
+        )
+        self.upstreams = {
+            name: Upstream(t, pool_size=settings.pool_size, max_redirects=settings.max_redirects)
+            for name, t in settings.targets.items()
+        }
+        self.models = ModelList(settings, self.upstreams)
+        self.redactor = Redactor(settings.secrets) if settings.debug else None
+        self.any_origin = "*" in settings.cors_origins
+        self.origins = frozenset(settings.cors_origins)
+
+    async def start(self, _app: web.Application) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.start()
+
+    async def stop(self, _app: web.Application) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.close()
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        if origin is None:
+            return None
+        if self.any_origin:
+            return "*"
+        return origin if origin in self.origins else None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        ip = request.remote or "unknown"
+        target_name = "-"
+        exchange: Exchange | None = None
+        response: web.StreamResponse | None = None
+        try:
+            ip = self.guard.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+            path = request.path
+            if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+                response = web.json_response({"status": "ok"})
+                return response
+            if request.method == "OPTIONS":
+                self.guard.check_address(ip)
+                response = self.preflight(request)
+                return response
+            self.guard.check(ip, request.headers.get("Authorization"))
+            target = self.pick_target(request)
+            target_name = target.name
+            route = target.find(path)
+            if route is None:
+                if request.method == "GET" and (path in ("/models", "/v1/models") or "/models/" in path):
+                    response = await self.models.answer(path, request.headers.get("target"))
+                    return response
+                raise NotFound(f"no route for '{path}' on target '{target.name}'", code="unknown_route")
+            if route.methods is not None and request.method not in route.methods:
+                allow = ", ".join(sorted(route.methods))
+                raise MethodNotAllowed(
+                    f"method {request.method} is not allowed on '{path}' (allowed: {allow})", headers={"Allow": allow}
+                )
+            query = request.raw_path.partition("?")[2]
+            exchange = Exchange(request.method, path, query, request.headers, await self.read(request))
+            response = await forward(request, exchange, target, route, self.upstreams[target.name], self.redactor)
+            return response
+        except GatewayError as error:
+            response = self.error_response(error)
+            return response
+        finally:
+            status = response.status if response is not None else 499
+            upstream_ms = exchange.upstream_seconds * 1000 if exchange else 0.0
+            access_log.info(
+                '%s "%s %s" target=%s status=%d upstream_ms=%.1f total_ms=%.1f',
+                ip,
+                request.method,
+                request.path,
+                target_name,
+                status,
+                upstream_ms,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def pick_target(self, request: web.Request) -> Target:
+        name = request.headers.get("target")
+        if not name:
+            return self.settings.targets[self.settings.default_target]
+        target = self.settings.targets.get(name)
+        if target is None:
+            raise NotFound(f"unknown target '{name}'", param="target", code="unknown_target")
+        return target
+
+    async def read(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        if not request.body_exists:
+            return b""
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
+
+    def preflight(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:  # a plain OPTIONS, not a browser pre-flight
+            return web.Response(status=204, headers={"Allow": _PREFLIGHT_METHODS})
+        allowed = self.allowed_origin(origin)
+        if allowed is None:
+            return self.error_response(GatewayError(f"origin '{origin}' is not allowed", status=403, type="cors"))
+        headers = {
+            "Access-Control-Allow-Methods": _PREFLIGHT_METHODS,
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+            "Access-Control-Max-Age": "600",
+        }
+        return web.Response(status=204, headers=headers)
+
+    def error_response(self, error: GatewayError) -> web.Response:
+        return web.Response(
+            status=error.status, body=error.to_json(), content_type="application/json", headers=error.headers
+        )
+
+    async def add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        allowed = self.allowed_origin(request.headers.get("Origin"))
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+            if allowed != "*":
+                response.headers.add("Vary", "Origin")
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+@web.middleware
+async def _last_resort(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unexpected exception is logged with its traceback and answered as an OpenAI-shaped 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except (web.HTTPException, GatewayError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        error = GatewayError("The gateway had an error while processing your request.")
+        return web.Response(status=500, body=error.to_json(), content_type="application/json")
+
+
+def create_app(settings: Settings) -> web.Application:
+    gateway = Gateway(settings)
+    # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
+    app = web.Application(client_max_size=settings.max_body_size + 1, middlewares=[_last_resort])
+    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    app.on_startup.append(gateway.start)
+    app.on_cleanup.append(gateway.stop)
+    app.on_response_prepare.append(gateway.add_cors)
+    app[GATEWAY] = gateway
+    return app
