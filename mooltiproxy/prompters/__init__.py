@@ -1,0 +1,38 @@
+"""Prompters: turn a chat message list into one prompt string (and the stop sequences that end the answer).
+
+* ``from_template`` renders with the route's template: a role template, a Jinja chat template, or a built-in one.
+* ``llama2_chat`` is the original Llama-2-chat format.
+* ``build_template`` builds a template from a config entry at start-up; ``builtin_template`` looks up the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import BadRequest
+from ..plugin import MappingContext, Prompt
+from .jinja import JinjaTemplate
+from .library import builtin_names, builtin_template
+from .roles import DEFAULT_SYSTEM_PROMPT, RoleTemplate, llama2_chat
+from .spec import TemplateSpecError, build_template
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "JinjaTemplate",
+    "RoleTemplate",
+    "TemplateSpecError",
+    "build_template",
+    "builtin_names",
+    "builtin_template",
+    "from_template",
+    "llama2_chat",
+]
+
+
+def from_template(messages: list[dict[str, Any]], ctx: MappingContext) -> Prompt:
+    """Render ``messages`` with the route's template, offering it the request's ``tools``."""
+    if ctx.template is None:
+        raise BadRequest("this endpoint has no prompt template to turn messages into a prompt", param="messages")
+    tools = ctx.payload.get("tools") if isinstance(ctx.payload, Mapping) else None
+    return ctx.template.render(messages, tools=tools)

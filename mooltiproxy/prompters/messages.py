@@ -1,0 +1,74 @@
+"""Checks and normalisation of an OpenAI-style message list before it is rendered."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import BadRequest
+
+__all__ = ["check_messages", "check_tools", "flatten_content", "for_jinja"]
+
+# transformers 5.x copies these reasoning fields to each other, so a template reading any one of them sees the text
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+def check_messages(messages: Any) -> Sequence[Mapping[str, Any]]:
+    """Refuse anything but a non-empty list of objects that each have a string ``role``."""
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        raise BadRequest("'messages' must be a list of message objects", param="messages")
+    if not messages:
+        raise BadRequest("'messages' must not be empty", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise BadRequest(f"messages[{i}] must be an object", param="messages")
+        if not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}].role must be a string", param="messages")
+    return messages
+
+
+def check_tools(tools: Any) -> list[Mapping[str, Any]] | None:
+    """``None`` or a list of tool objects, as sent by the client."""
+    if tools is None:
+        return None
+    if not isinstance(tools, Sequence) or isinstance(tools, (str, bytes)):
+        raise BadRequest("'tools' must be a list of tool objects", param="tools")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            raise BadRequest(f"tools[{i}] must be an object", param="tools")
+    return list(tools)
+
+
+def flatten_content(content: Any, index: int) -> Any:
+    """Join a list of OpenAI text content parts into one string; other values are returned unchanged."""
+    if not isinstance(content, list):
+        return content
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise BadRequest(
+                f"messages[{index}].content[{j}]: only text content parts are supported (got {kind!r})",
+                param="messages",
+            )
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def for_jinja(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copy ``messages`` the way transformers 5.x hands them to a template.
+
+    None-valued keys are dropped (``content: null`` becomes undefined), content parts are flattened, and the
+    reasoning fields are aliased. Every other key (``name``, ``tool_calls``, ``tool_call_id``…) is passed through.
+    """
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        copy = {key: value for key, value in message.items() if value is not None}
+        if "content" in copy:
+            copy["content"] = flatten_content(copy["content"], i)
+        reasoning = next((copy[key] for key in _REASONING_KEYS if key in copy), None)
+        if reasoning is not None:
+            for key in _REASONING_KEYS:
+                copy.setdefault(key, reasoning)
+        out.append(copy)
+    return out
