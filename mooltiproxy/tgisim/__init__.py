@@ -20,7 +20,8 @@ async def start_simulator(
 ) -> tuple[web.AppRunner, str]:
     """Starts the simulator in the running event loop; returns its runner (``await runner.cleanup()`` to stop)
     and its base URL, e.g. ``http://127.0.0.1:41234``. Port 0 picks a free port."""
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    # Like TGI, a request whose client went away stops generating (and frees its slot) at once.
+    runner = web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
