@@ -235,7 +235,7 @@ async def _relay_stream(
     async def pump(index: int, body: bytes | None) -> None:
         try:
             async with client.request(exchange.method, ctx.upstream_path, exchange.query, headers.copy(), body) as r:
-                ctx.reply_headers.append(r.headers)
+                ctx.reply_headers[index] = r.headers
                 if r.status >= 300:
                     data = decode_body(await r.read(), r.headers)
                     error = answer.error(r.status, data, ctx) if hasattr(answer, "error") else None
@@ -248,6 +248,7 @@ async def _relay_stream(
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
+    ctx.reply_headers = [{} for _ in bodies]  # filled by index, whichever answers first
     tasks = [asyncio.ensure_future(pump(i, b)) for i, b in enumerate(bodies)]
     out: web.StreamResponse | None = None
     try:

@@ -54,15 +54,19 @@ def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 20) -
 def stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGINT)
     try:
-        return proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.communicate(timeout=10)  # drains and closes the pipe
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    return proc.returncode
 
 
 def test_serve_prints_where_it_listens_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    config = {"system": {"port": port}, "targets": {"default": "t", "t": {"url": "http://127.0.0.1:9", "mapping": {"/x": None}}}}
+    config = {
+        "system": {"port": port},
+        "targets": {"default": "t", "t": {"url": "http://127.0.0.1:9", "mapping": {"/x": None}}},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     proc = start(["serve"], tmp_path, {"MOOLTIPROXY_KEY": "a-serious-key-123"})
     try:
@@ -105,14 +109,21 @@ def test_render_prints_the_exact_prompt_and_stops(tmp_path: Path) -> None:
     config = {
         "targets": {
             "default": "t",
-            "t": {"url": "http://127.0.0.1:9", "mapping": {"/chat/completions": {"path": "/generate", "template": "chatml"}}},
+            "t": {
+                "url": "http://127.0.0.1:9",
+                "mapping": {"/chat/completions": {"path": "/generate", "template": "chatml"}},
+            },
         }
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     result = subprocess.run(
         [sys.executable, "-m", "mooltiproxy", "render", "--config", "config.yaml", "--json"],
-        input=json.dumps(messages), capture_output=True, text=True, cwd=tmp_path, timeout=30,
+        input=json.dumps(messages),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MOOLTIPROXY_KEY": "a-serious-key-123"},
     )
     assert result.returncode == 0, result.stderr
@@ -122,7 +133,11 @@ def test_render_prints_the_exact_prompt_and_stops(tmp_path: Path) -> None:
     }
     plain = subprocess.run(
         [sys.executable, "-m", "mooltiproxy", "render", "--config", "config.yaml", "--target", "t"],
-        input=json.dumps({"messages": messages}), capture_output=True, text=True, cwd=tmp_path, timeout=30,
+        input=json.dumps({"messages": messages}),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MOOLTIPROXY_KEY": "a-serious-key-123"},
     )
     assert plain.stdout.endswith('<|im_start|>assistant\n\n--- stop sequences ---\n["<|im_end|>","<|im_start|>"]\n')

@@ -79,7 +79,8 @@ def test_every_problem_is_reported_together_with_its_path() -> None:
         "system.colour: unknown key",
         "targets.tgi.url: 'ftp://x' must start with http:// or https://",
         "targets.tgi.envkey: the environment variable 'MOOLTIPROXY_TEST_UNSET_VAR' is not set",
-        "targets.tgi.mapping./chat/completions.in: unknown mapper 'chatReqOpenAItoTGl' (did you mean 'chatReqOpenAItoTGI'?)",
+        "targets.tgi.mapping./chat/completions.in: unknown mapper 'chatReqOpenAItoTGl'"
+        " (did you mean 'chatReqOpenAItoTGI'?)",
         "targets.tgi.mapping./chat/completions.prompter: unknown prompter 'nope'",
         "targets.tgi.mapping./completions.out: could not import module 'no_such_module_xyz'",
         "targets.tgi.mapping./x.in: mapper 'tests.plugins_example:NOT_CALLABLE' is not callable",
@@ -101,13 +102,16 @@ def test_missing_master_key_default_target_and_sections() -> None:
     problems = problems_of({"targets": {"default": "b", "a": {"url": "http://x"}}})
     assert "targets.a.mapping: Field required" in problems
     assert "targets.default: 'b' is not a target (targets: a)" in problems
-    assert problems_of({"system": {"masterkey": "short"}, "targets": {"default": "a", "a": {"url": "http://x", "mapping": {}}}}, env={}) == [
-        "system.masterkey: the master key must be 8 characters or more"
-    ]
+    assert problems_of(
+        {"system": {"masterkey": "short"}, "targets": {"default": "a", "a": {"url": "http://x", "mapping": {}}}}, env={}
+    ) == ["system.masterkey: the master key must be 8 characters or more"]
 
 
 def test_ssl_needs_its_files() -> None:
-    raw = {"system": {"ssl": True, "certfile": "nope.pem"}, "targets": {"default": "a", "a": {"url": "http://x", "mapping": {}}}}
+    raw = {
+        "system": {"ssl": True, "certfile": "nope.pem"},
+        "targets": {"default": "a", "a": {"url": "http://x", "mapping": {}}},
+    }
     problems = problems_of(raw)
     assert any(p.startswith("system.certfile: system.ssl is true but") for p in problems)
     assert any(p.startswith("system.keyfile: system.ssl is true but") for p in problems)
@@ -116,14 +120,20 @@ def test_ssl_needs_its_files() -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "mooltiproxy", *args], capture_output=True, text=True, env={**base, **(env or {})},
-        cwd=cwd or ROOT, timeout=60,
+        [sys.executable, "-m", "mooltiproxy", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=cwd or ROOT,
+        timeout=60,
     )
 
 
 def test_check_command_lists_every_problem_and_fails(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"targets": {"default": "a", "a": {"url": "nope", "mapping": {"/x": {"in": "idenity"}}}}}))
+    config.write_text(
+        yaml.safe_dump({"targets": {"default": "a", "a": {"url": "nope", "mapping": {"/x": {"in": "idenity"}}}}})
+    )
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 3
     assert "targets.a.url: 'nope' must start with http://" in result.stderr
@@ -136,7 +146,10 @@ def test_check_command_prints_a_summary(tmp_path: Path) -> None:
     result = run_cli("check", "--config", str(ROOT / "config.template.yaml"), env={"OPENAI_API_KEY": "sk"})
     assert result.returncode == 0, result.stderr
     assert "OK, 4 target(s), default 'openai'" in result.stdout
-    assert "/chat/completions -> /generate in=chatReqOpenAItoTGI out=chatAnsTGItoOpenAI prompter=llama2_chat" in result.stdout
+    assert (
+        "/chat/completions -> /generate in=chatReqOpenAItoTGI out=chatAnsTGItoOpenAI prompter=llama2_chat"
+        in result.stdout
+    )
     assert "warning: the master key is read from" in result.stdout
 
 

@@ -29,7 +29,11 @@ def two_targets(gateway: Any, echo_upstream: str) -> Any:
     config = {
         "targets": {
             "default": "first",
-            "first": {"url": echo_upstream, "key": "first-secret", "mapping": {"/echo": None, "/chat/completions": None}},
+            "first": {
+                "url": echo_upstream,
+                "key": "first-secret",
+                "mapping": {"/echo": None, "/chat/completions": None},
+            },
             "second": {
                 "url": echo_upstream + "/",
                 "mapping": {
@@ -84,7 +88,9 @@ def test_upstream_error_status_and_body_pass_through(two_targets: Any) -> None:
 
 
 def test_hop_by_hop_headers_are_not_forwarded(two_targets: Any) -> None:
-    headers = auth(**{"Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x", "X-Custom": "kept", "TE": "trailers"})
+    headers = auth(
+        **{"Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x", "X-Custom": "kept", "TE": "trailers"}
+    )
     got = request("POST", two_targets.url + "/echo", headers=headers, body={}).json()["headers"]
     lowered = {k.lower(): v for k, v in got.items()}
     assert "keep-alive" not in lowered and "proxy-authorization" not in lowered and "te" not in lowered

@@ -658,8 +658,11 @@ def test_build_reports_every_problem_with_its_path() -> None:
 def test_build_reports_role_template_problems() -> None:
     found = problems("r", {"user": 3, "asistant": "A:", "default_system": None, "stop": {"a": 1}})
     assert found == [
-        ("asistant", "unknown key (did you mean 'assistant'?); expected one of: preprompt, start, system, user, "
-         "assistant, default_system, stop"),
+        (
+            "asistant",
+            "unknown key (did you mean 'assistant'?); expected one of: preprompt, start, system, user, "
+            "assistant, default_system, stop",
+        ),
         ("user", "must be a string, not int"),
         ("default_system", "must be a string, not null"),
         ("stop", "must be a string or a list of strings, not dict"),
@@ -673,16 +676,35 @@ def test_build_reports_role_template_problems() -> None:
     ("spec", "expected"),
     [
         ("chatml", [("", "must be a mapping, not str")]),
-        ({}, [("", "is empty: give role separators (preprompt, start, system, user, assistant) "
-                   "or one of jinja, file, tokenizer_config, builtin")]),
-        ({"jinja": "x", "builtin": "chatml"}, [("", "give only one of jinja, file, tokenizer_config, builtin "
-                                                    "(got jinja, builtin)")]),
+        (
+            {},
+            [
+                (
+                    "",
+                    "is empty: give role separators (preprompt, start, system, user, assistant) "
+                    "or one of jinja, file, tokenizer_config, builtin",
+                )
+            ],
+        ),
+        (
+            {"jinja": "x", "builtin": "chatml"},
+            [("", "give only one of jinja, file, tokenizer_config, builtin (got jinja, builtin)")],
+        ),
         ({"jinja": ""}, [("jinja", "must be the template source, not empty")]),
         ({"file": ["a"]}, [("file", "must be a file path, not list")]),
-        ({"builtin": "lama3"}, [("builtin", "unknown built-in template 'lama3' (did you mean 'llama3'?); known: "
-                                            + ", ".join(sorted(LIBRARY)))]),
-        ({"builtin": "gemma", "eos_token": "x"}, [("eos_token", "unknown key; expected one of: builtin, stop, "
-                                                                "default_system, kwargs")]),
+        (
+            {"builtin": "lama3"},
+            [
+                (
+                    "builtin",
+                    "unknown built-in template 'lama3' (did you mean 'llama3'?); known: " + ", ".join(sorted(LIBRARY)),
+                )
+            ],
+        ),
+        (
+            {"builtin": "gemma", "eos_token": "x"},
+            [("eos_token", "unknown key; expected one of: builtin, stop, default_system, kwargs")],
+        ),
     ],
 )
 def test_build_entry_level_problems(spec: Any, expected: list[tuple[str, str]]) -> None:
@@ -692,9 +714,12 @@ def test_build_entry_level_problems(spec: Any, expected: list[tuple[str, str]]) 
 def test_build_reports_syntax_errors_in_files(tmp_path: Path) -> None:
     (tmp_path / "t.jinja").write_text("{% for m in messages %}\n{{ m.content }}\n", encoding="utf-8")
     assert problems("t", {"file": "t.jinja"}, tmp_path) == [
-        ("file", f"'{tmp_path / 't.jinja'}': Jinja syntax error on line 2: Unexpected end of template. Jinja was "
-                 "looking for the following tags: 'endfor' or 'else'. The innermost block that needs to be closed "
-                 "is 'for'.")
+        (
+            "file",
+            f"'{tmp_path / 't.jinja'}': Jinja syntax error on line 2: Unexpected end of template. Jinja was "
+            "looking for the following tags: 'endfor' or 'else'. The innermost block that needs to be closed "
+            "is 'for'.",
+        )
     ]
     named = [{"name": "default", "template": "ok"}, {"name": "tool_use", "template": "{{ x"}]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}), encoding="utf-8")
@@ -724,8 +749,11 @@ def test_build_reports_unreadable_files(tmp_path: Path) -> None:
 
 def test_build_tries_the_template_on_a_sample_conversation() -> None:
     assert problems("needs-bos", {"jinja": "{{ bos_token + messages[0].content }}"}) == [
-        ("jinja", "fails on a sample conversation: template 'needs-bos' refused the conversation: "
-                  "UndefinedError: 'bos_token' is undefined")
+        (
+            "jinja",
+            "fails on a sample conversation: template 'needs-bos' refused the conversation: "
+            "UndefinedError: 'bos_token' is undefined",
+        )
     ]
     assert problems("g", {"builtin": "gemma", "default_system": "Be nice."}) == [
         ("builtin", "fails on a sample conversation: template 'g' refused the conversation: System role not supported")

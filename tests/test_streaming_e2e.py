@@ -77,7 +77,9 @@ def in_flight(tgi_url: str) -> int:
 def test_client_disconnect_closes_the_upstream_request(gateway: Any, tgi: str) -> None:
     gw = gateway(tgi_config(tgi))
     port = int(gw.url.rsplit(":", 1)[1])
-    body = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "<<tokens:100>><<delay:1000>>"}]})
+    body = orjson.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "<<tokens:100>><<delay:1000>>"}]}
+    )
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

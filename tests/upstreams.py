@@ -1,8 +1,8 @@
 """A real local upstream for the gateway's transport tests: it answers with what it received.
 
 Routes (any method): ``/echo…`` echo as JSON; ``/status/{code}`` answers that status with a JSON error body;
-``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body; ``/slow?seconds=`` waits first;
-``/sse`` three events one by one; ``/plain`` a text body.
+``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body;
+``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ async def redirect(request: web.Request) -> web.Response:
 async def gzipped(request: web.Request) -> web.Response:
     await request.read()
     raw = orjson.dumps({"compressed": True, "text": "x" * 200})
-    return web.Response(body=gzip.compress(raw), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    return web.Response(
+        body=gzip.compress(raw), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
 
 
 async def slow(request: web.Request) -> web.Response:

@@ -228,9 +228,7 @@ def _target(
     )
 
 
-def _route(
-    inbound: str, raw: Any, templates: dict[str, Template], problems: _Problems, where: str
-) -> Route | None:
+def _route(inbound: str, raw: Any, templates: dict[str, Template], problems: _Problems, where: str) -> Route | None:
     if not inbound.startswith("/"):
         problems.add(where, "a mapped path must start with '/'")
         return None

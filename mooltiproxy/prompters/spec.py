@@ -140,9 +140,7 @@ def _token(value: Any, key: str, problems: Problems, where: str) -> str | None:
     return None
 
 
-def _tokenizer_config(
-    path: Path, problems: Problems
-) -> tuple[str | dict[str, str] | None, str | None, str | None]:
+def _tokenizer_config(path: Path, problems: Problems) -> tuple[str | dict[str, str] | None, str | None, str | None]:
     """``(chat template or named templates, bos_token, eos_token)`` read from a tokenizer_config.json."""
     if path.is_dir():
         path = path / "tokenizer_config.json"
