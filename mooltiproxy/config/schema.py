@@ -69,5 +69,12 @@ class TargetSection(_Strict):
     #: refuse request parameters the target cannot honour instead of ignoring them
     strict: bool = False
     timeout: float | None = Field(default=None, gt=0)
+    #: the target's limits (TGI's launcher flags of the same names), so requests beyond them are refused clearly
     max_stop_sequences: int = Field(default=4, ge=0)
+    max_top_n_tokens: int = Field(default=5, ge=0)
+    max_best_of: int = Field(default=2, ge=1)
+    #: most upstream requests one client request may cause (n choices × prompts)
+    max_fanout: int = Field(default=128, ge=1)
+    #: ``system_fingerprint`` answered to clients (default: none)
+    system_fingerprint: str | None = None
     mapping: dict[str, Any]
