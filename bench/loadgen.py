@@ -1,0 +1,155 @@
+"""Built-in closed-loop load generator: one aiohttp session, N concurrent workers, a fixed duration.
+
+It runs in its own process (``run.py`` pins it to the load core) and prints one JSON object on stdout::
+
+    {"requests": int, "errors": int, "error_samples": [...], "seconds": float,
+     "latency_ms": {"p50": …, "p90": …, "p99": …, "max": …, "mean": …},
+     "first_chunk_ms": {…} (with --stream), "bytes": int}
+
+A request counts as an error when it raises, answers a status other than 200, or (with ``--expect``) its body
+lacks the expected bytes. Latency is the time to the last byte; with ``--stream`` the time to the first body
+chunk is measured too.
+
+Run: ``python bench/loadgen.py --url URL --body-file FILE [--header 'Name: value'] [--connections 32]
+[--duration 5] [--expect TEXT] [--stream]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+MAX_ERROR_SAMPLES = 5
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/p99.9, max and mean of ``values`` (nearest rank), in the unit given."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+
+    def rank(p: float) -> float:
+        return ordered[min(last, round(p / 100 * last))]
+
+    return {
+        "p50": rank(50),
+        "p90": rank(90),
+        "p99": rank(99),
+        "p99_9": rank(99.9),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
+
+
+class Load:
+    """The shared counters of one run."""
+
+    def __init__(self, expect: bytes | None, stream: bool) -> None:
+        self.expect = expect
+        self.stream = stream
+        self.latencies: list[float] = []
+        self.first_chunks: list[float] = []
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.bytes = 0
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(what[:300])
+
+    async def one(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> None:
+        started = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                if self.stream:
+                    first = await resp.content.readany()
+                    self.first_chunks.append((time.perf_counter() - started) * 1000)
+                    data = first + await resp.content.read()
+                else:
+                    data = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.error(f"{type(exc).__name__}: {exc}")
+            return
+        self.latencies.append((time.perf_counter() - started) * 1000)
+        self.bytes += len(data)
+        if status != 200:
+            self.error(f"status {status}: {data[:200]!r}")
+        elif self.expect is not None and self.expect not in data:
+            self.error(f"unexpected answer: {data[:200]!r}")
+
+
+async def run(url: str, body: bytes, headers: dict[str, str], connections: int, duration: float, load: Load) -> float:
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    ) as session:
+        started = time.perf_counter()
+        deadline = started + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:  # bounded by the deadline
+                await load.one(session, url, body, headers)
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return time.perf_counter() - started
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Closed-loop HTTP POST load generator (aiohttp).")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--body-file", type=Path, required=True)
+    parser.add_argument("--header", type=parse_header, action="append", default=[])
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--expect", help="bytes every answer must contain")
+    parser.add_argument("--stream", action="store_true", help="also measure the time to the first body chunk")
+    args = parser.parse_args(argv)
+    body = args.body_file.read_bytes()
+    headers = dict(args.header)
+    load = Load(args.expect.encode() if args.expect else None, args.stream)
+    coro = run(args.url, body, headers, max(1, args.connections), max(0.1, args.duration), load)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a gateway dependency
+        seconds = asyncio.run(coro)
+    else:
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                seconds = runner.run(coro)
+        else:  # pragma: no cover - Python 3.10
+            uvloop.install()
+            seconds = asyncio.run(coro)
+    result: dict[str, Any] = {
+        "requests": len(load.latencies),
+        "errors": load.errors,
+        "error_samples": load.error_samples,
+        "seconds": seconds,
+        "latency_ms": percentiles(load.latencies),
+        "bytes": load.bytes,
+    }
+    if args.stream:
+        result["first_chunk_ms"] = percentiles(load.first_chunks)
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
