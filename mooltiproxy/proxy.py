@@ -63,13 +63,14 @@ class Exchange:
         self.upstream_seconds = 0.0
 
 
-def _upstream_headers(inbound: Mapping[str, str], translated: bool) -> CIMultiDict[str]:
+def _upstream_headers(inbound: Mapping[str, str], *, json_body: bool, read_answer: bool) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in inbound.items():
         if name.lower() not in _DROP_REQUEST:
             headers.add(name, value)
-    if translated:
+    if json_body:
         headers["Content-Type"] = "application/json"
+    if read_answer:  # only encodings decode_body can undo
         headers["Accept-Encoding"] = "gzip, deflate"
     return headers
 
@@ -98,6 +99,8 @@ async def forward(
     )
     payload: Any = None
     parse = route.translates and bool(exchange.body)
+    if route.request_mapper is not None and not parse and exchange.method in ("POST", "PUT", "PATCH"):
+        raise BadRequest("this endpoint expects a JSON body")
     if parse:
         if not is_json(exchange.headers.get("Content-Type")):
             raise UnsupportedMediaType("this endpoint expects a JSON body: send 'Content-Type: application/json'")
@@ -121,7 +124,11 @@ async def forward(
         fanout = isinstance(mapped, Fanout)
     else:
         fanout = False
-    headers = _upstream_headers(exchange.headers, translated=route.request_mapper is not None and parse)
+    headers = _upstream_headers(
+        exchange.headers,
+        json_body=route.request_mapper is not None and parse,
+        read_answer=route.answer_mapper is not None,
+    )
     answer = route.answer_mapper
     if ctx.stream and answer is not None and hasattr(answer, "stream"):
         return await _relay_stream(request, exchange, ctx, client, headers, bodies, answer)
@@ -273,15 +280,24 @@ async def _relay_stream(
             out = await _start_stream(request, translator.content_type)
         await out.write_eof()
         return out
-    except GatewayError as error:
+    except Exception as exc:
         if out is None:
             raise
+        error = exc if isinstance(exc, GatewayError) else _internal(exc, request)
         await out.write(translator.fail(error))
         await out.write_eof()
         return out
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _internal(exc: Exception, request: web.Request) -> GatewayError:
+    """A bug after the stream started: logged with its traceback, reported to the client as an error event."""
+    logging.getLogger("mooltiproxy").error(
+        "unexpected error while streaming %s %s", request.method, request.path, exc_info=exc
+    )
+    return GatewayError("The gateway had an error while processing your request.")
 
 
 async def _start_stream(request: web.Request, content_type: str) -> web.StreamResponse:

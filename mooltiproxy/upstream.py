@@ -102,6 +102,8 @@ class Upstream:
                 yield response
             finally:
                 response.release()
+        except ConnectionResetError:
+            raise  # our own client went away while we wrote to it: not the target's fault
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"target '{name}' did not answer within {self.target.timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:

@@ -2,7 +2,7 @@
 
 Routes (any method): ``/echo…`` echo as JSON; ``/status/{code}`` answers that status with a JSON error body;
 ``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body;
-``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body.
+``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body; ``/words?say=a,b`` one chunk per word.
 """
 
 from __future__ import annotations
@@ -73,5 +73,18 @@ def echo_app() -> web.Application:
     app.router.add_route("*", "/slow", slow)
     app.router.add_route("*", "/sse", sse)
     app.router.add_route("*", "/plain", plain)
+    app.router.add_route("*", "/words", words)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+async def words(request: web.Request) -> web.StreamResponse:
+    """``/words?say=a,b,c``: each word its own chunk, 50 ms apart."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await response.prepare(request)
+    for word in request.query.get("say", "").split(","):
+        await response.write(word.encode() + b" ")
+        await asyncio.sleep(0.05)
+    await response.write_eof()
+    return response
