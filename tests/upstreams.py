@@ -2,7 +2,8 @@
 
 Routes (any method): ``/echo…`` echo as JSON; ``/status/{code}`` answers that status with a JSON error body;
 ``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body;
-``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body; ``/words?say=a,b`` one chunk per word.
+``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body;
+``/words?say=a,b`` one chunk per word.
 """
 
 from __future__ import annotations
