@@ -18,6 +18,7 @@ __all__ = [
     "TextLogprobs",
     "answered_model",
     "earliest_stop",
+    "envelope",
     "finish_reason",
     "header",
     "held_tail",
@@ -142,6 +143,14 @@ def state_of(ctx: MappingContext, chat: bool, upstream_answers: int = 1) -> Requ
     )
     ctx.state[STATE_KEY] = state
     return state
+
+
+def envelope(state: RequestState, obj: str) -> dict[str, Any]:
+    """The fields every answer and chunk of one request starts with (same id and created on all of them)."""
+    head: dict[str, Any] = {"id": state.id, "object": obj, "created": state.created, "model": state.model}
+    if state.fingerprint:
+        head["system_fingerprint"] = state.fingerprint
+    return head
 
 
 def finish_reason(tgi_reason: Any) -> str:

@@ -24,6 +24,7 @@ from ._common import (
     RequestState,
     TextLogprobs,
     earliest_stop,
+    envelope,
     finish_reason,
     int_header,
     state_of,
@@ -107,14 +108,7 @@ class TGIAnswerMapper:
             for k, (text, sequence) in enumerate(sequences):
                 choices.append(self._choice(state, slot.choice + k, text, sequence, prefix))
         prompt_total = sum(prompt_tokens.values())
-        body: dict[str, Any] = {
-            "id": state.id,
-            "object": "chat.completion" if self.chat else "text_completion",
-            "created": state.created,
-            "model": state.model,
-        }
-        if state.fingerprint:
-            body["system_fingerprint"] = state.fingerprint
+        body = envelope(state, "chat.completion" if self.chat else "text_completion")
         body["choices"] = choices
         body["usage"] = {
             "prompt_tokens": prompt_total,

@@ -23,7 +23,7 @@ import orjson
 from ..errors import GatewayError, UpstreamError
 from ..plugin import MappingContext
 from ..sse import DONE, SSEDecoder, encode_data
-from ._common import ChatLogprobs, RequestState, TextLogprobs, earliest_stop, finish_reason, held_tail
+from ._common import ChatLogprobs, RequestState, TextLogprobs, earliest_stop, envelope, finish_reason, held_tail
 from ._tgi_errors import event_error
 
 __all__ = ["OpenAIStream"]
@@ -71,14 +71,7 @@ class OpenAIStream:
         self._chat = state.chat
         self._stops = state.stops
         self._choices: dict[int, _Choice] = {}
-        head: dict[str, Any] = {
-            "id": state.id,
-            "object": "chat.completion.chunk" if state.chat else "text_completion",
-            "created": state.created,
-            "model": state.model,
-        }
-        if state.fingerprint:
-            head["system_fingerprint"] = state.fingerprint
+        head = envelope(state, "chat.completion.chunk" if state.chat else "text_completion")
         self._head = b"data: " + orjson.dumps(head)[:-1] + b',"choices":'
         self._tail = b',"usage":null}\n\n' if state.include_usage else b"}\n\n"
 
