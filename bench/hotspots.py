@@ -23,15 +23,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import (
-    BENCH_DIR,
-    REPO_DIR,
-    SCENARIOS,
-    Bench,
-    BenchError,
-    process_cpu_seconds,
-    terminate_as_interrupt,
-)
+from load import Loader
+from measure import process_cpu_seconds
+from processes import BENCH_DIR, REPO_DIR, guarded
+from scenarios import SCENARIOS, scenario_names
+from servers import Servers
 
 TOP = 20
 #: frames every sample starts with (start-up code): left out of the inclusive table
@@ -117,72 +113,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per scenario")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument(
-        "--scenarios",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
-        default=[s.name for s in SCENARIOS],
-    )
+    parser.add_argument("--scenarios", type=scenario_names, default=[s.name for s in SCENARIOS])
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
-    args.no_pin = False
-    args.quick = False
     if not 0 < args.duration <= 120:
         parser.error("--duration must be in (0, 120]")
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("hotspots: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
-    bench = Bench(args)
-    bench.wrk = shutil.which("wrk")
-    tool = "wrk" if bench.wrk else "builtin"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    with terminate_as_interrupt():
-        try:
-            print(f"pinning: {bench.plan_cpus()}; load: {tool} at c={args.connections}", flush=True)
-            bench.start_upstream()
-            bench.start_gateway()
-            assert bench.gateway_proc is not None
-            pid = bench.gateway_proc.pid
-            for scenario in SCENARIOS:
-                if scenario.name not in args.scenarios:
-                    continue
-                bench.apply(bench.load_for(scenario, True, args.connections, 1.0, tool))  # warm-up
-                raw = args.output_dir / f"profile-{scenario.name}.txt"
-                record = [spy, "record", "--pid", str(pid), "--rate", str(args.rate), "--nonblocking"]
-                record += ["--duration", str(math.ceil(args.duration) + 1), "--format", "raw", "--output", str(raw)]
-                spy_proc = bench.procs.start(record, bench.load_cpus, stdout=sys.stderr.fileno(), stderr=sys.stderr)
-                time.sleep(0.5)  # attached before the load starts
-                cpu_before = process_cpu_seconds(pid)
-                result = bench.apply(bench.load_for(scenario, True, args.connections, args.duration, tool))
-                cpu = process_cpu_seconds(pid) - cpu_before
-                spy_proc.wait(timeout=args.duration + 30)
-                bench.procs.forget(spy_proc)
-                bench.check_gateway()
-                summary = summarise(raw.read_text() if raw.exists() else "")
-                per_request = 1e6 * cpu / result["requests"] if result["requests"] else float("nan")
-                print(
-                    f"\n## {scenario.name}: {scenario.title}\n\n{result['requests']} requests, {result['errors']} "
-                    f"errors, gateway CPU {per_request:,.0f} µs/request while profiled; {summary['samples']} samples "
-                    f"({raw})\n",
-                    flush=True,
-                )
-                for title, key in (
-                    ("self time: line", "self_lines"),
-                    ("inclusive time: function", "inclusive"),
-                    ("self time: package", "packages"),
-                ):
-                    rows = summary[key]
-                    assert isinstance(rows, list)
-                    print(table(title, rows) + "\n", flush=True)
-        except BenchError as exc:
-            print(f"hotspots: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("hotspots: interrupted; every subprocess was stopped", file=sys.stderr)
-            return 130
-        finally:
-            bench.procs.close()
-            shutil.rmtree(bench.tmp, ignore_errors=True)
+    return guarded("hotspots", lambda: profile(args, spy))
+
+
+def profile(args: argparse.Namespace, spy: str) -> int:
+    """Apply each scenario's throughput load to the gateway while py-spy samples it; print the tables."""
+    servers = Servers()
+    loader = Loader(servers, shutil.which("wrk"))
+    tool = "wrk" if loader.wrk else "builtin"
+    try:
+        print(f"pinning: {servers.plan_cpus(no_pin=False)}; load: {tool} at c={args.connections}", flush=True)
+        servers.start_upstream()
+        servers.start_gateway(args.scenarios)
+        assert servers.gateway_proc is not None
+        pid = servers.gateway_proc.pid
+        for scenario in SCENARIOS:
+            if scenario.name not in args.scenarios:
+                continue
+            loader.apply(loader.load_for(scenario, True, args.connections, 1.0, tool))  # warm-up
+            raw = args.output_dir / f"profile-{scenario.name}.txt"
+            record = [spy, "record", "--pid", str(pid), "--rate", str(args.rate), "--nonblocking"]
+            record += ["--duration", str(math.ceil(args.duration) + 1), "--format", "raw", "--output", str(raw)]
+            spy_proc = servers.procs.start(record, servers.load_cpus, stdout=sys.stderr.fileno(), stderr=sys.stderr)
+            time.sleep(0.5)  # attached before the load starts
+            cpu_before = process_cpu_seconds(pid)
+            result = loader.apply(loader.load_for(scenario, True, args.connections, args.duration, tool))
+            cpu = process_cpu_seconds(pid) - cpu_before
+            spy_proc.wait(timeout=args.duration + 30)
+            servers.procs.forget(spy_proc)
+            servers.check_gateway()
+            summary = summarise(raw.read_text() if raw.exists() else "")
+            per_request = 1e6 * cpu / result["requests"] if result["requests"] else float("nan")
+            print(
+                f"\n## {scenario.name}: {scenario.title}\n\n{result['requests']} requests, {result['errors']} "
+                f"errors, gateway CPU {per_request:,.0f} µs/request while profiled; {summary['samples']} samples "
+                f"({raw})\n",
+                flush=True,
+            )
+            for title, key in (
+                ("self time: line", "self_lines"),
+                ("inclusive time: function", "inclusive"),
+                ("self time: package", "packages"),
+            ):
+                rows = summary[key]
+                assert isinstance(rows, list)
+                print(table(title, rows) + "\n", flush=True)
+    finally:
+        servers.close()
     return 0
 
 

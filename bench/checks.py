@@ -1,0 +1,115 @@
+"""Correctness: a sample of answers through the gateway, checked before any load is applied.
+
+A failed check counts as an error of its scenario.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from scenarios import ANSWER_TEXT, SCENARIOS, STREAM_EVENTS, STREAM_TOKEN
+from servers import Servers
+
+
+def sse_data(body: bytes) -> list[str]:
+    """The ``data`` payloads of an event stream (one data line per event, as both sides send)."""
+    return [line[5:].strip() for line in body.decode(errors="replace").splitlines() if line.startswith("data:")]
+
+
+@dataclass
+class Checks:
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, scenario: str, name: str, ok: bool, detail: str = "") -> None:
+        self.results.append({"scenario": scenario, "check": name, "ok": bool(ok), "detail": detail[:400]})
+
+    def failures(self, scenario: str) -> int:
+        return sum(1 for r in self.results if r["scenario"] == scenario and not r["ok"])
+
+
+async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
+    """Check a sample of answers through the gateway (and that streams are relayed as they come)."""
+    checks = Checks()
+    gw, up = servers.gateway_url, servers.upstream_url
+    auth = servers.headers(True)
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+            async with session.post(url, data=body, headers=headers) as resp:
+                return resp.status, await resp.read(), dict(resp.headers)
+
+        async def attempt(scenario: str, name: str, step: Any) -> None:
+            try:
+                await step()
+            except Exception as exc:  # a failed check, whatever went wrong
+                checks.add(scenario, name, False, f"{type(exc).__name__}: {exc}")
+
+        async def passthrough() -> None:
+            _, direct, _ = await post(up + "/generate", SCENARIOS[0].direct_body, servers.headers(False))
+            status, body, headers = await post(gw + "/generate", SCENARIOS[0].gateway_body, auth)
+            checks.add("passthrough", "status 200", status == 200, f"status {status}: {body[:200]!r}")
+            checks.add("passthrough", "body relayed unchanged", body == direct, repr(body[:200]))
+            prompt_tokens = headers.get("x-prompt-tokens") or headers.get("X-Prompt-Tokens")
+            checks.add("passthrough", "x-prompt-tokens relayed", prompt_tokens == "12", repr(prompt_tokens))
+
+        async def chat() -> None:
+            status, body, _ = await post(gw + "/v1/chat/completions", SCENARIOS[1].gateway_body, auth)
+            checks.add("chat", "status 200", status == 200, f"status {status}: {body[:300]!r}")
+            data = orjson.loads(body)
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+            checks.add("chat", "content", content == ANSWER_TEXT, repr(content))
+            checks.add(
+                "chat", "object chat.completion", data.get("object") == "chat.completion", repr(data.get("object"))
+            )
+            checks.add(
+                "chat", "finish_reason stop", choice.get("finish_reason") == "stop", repr(choice.get("finish_reason"))
+            )
+
+        async def stream() -> None:
+            status, body, headers = await post(gw + "/v1/chat/completions", SCENARIOS[2].gateway_body, auth)
+            checks.add("stream", "status 200", status == 200, f"status {status}: {body[:300]!r}")
+            content_type = headers.get("Content-Type", "")
+            checks.add("stream", "text/event-stream", content_type.startswith("text/event-stream"), content_type)
+            events = sse_data(body)
+            checks.add("stream", "ends with [DONE]", bool(events) and events[-1] == "[DONE]", repr(events[-1:]))
+            chunks = [orjson.loads(e) for e in events if e != "[DONE]"]
+            deltas = [c["choices"][0].get("delta", {}).get("content") for c in chunks if c.get("choices")]
+            text = "".join(d for d in deltas if d)
+            checks.add(
+                "stream", f"{STREAM_EVENTS} tokens relayed", text == STREAM_TOKEN * STREAM_EVENTS, repr(text[:80])
+            )
+            kinds = {c.get("object") for c in chunks}
+            checks.add("stream", "chat.completion.chunk objects", kinds == {"chat.completion.chunk"}, repr(kinds))
+            reasons = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
+            checks.add("stream", "finish_reason length", "length" in reasons, repr([r for r in reasons if r]))
+
+        async def paced() -> None:
+            # the upstream waits 10 ms before each event: the first one must arrive long before the last
+            started = time.perf_counter()
+            async with session.post(
+                gw + "/v1/chat/completions?delay_ms=10", data=SCENARIOS[2].gateway_body, headers=auth
+            ) as resp:
+                await resp.content.readany()
+                first = time.perf_counter() - started
+                await resp.read()
+                total = time.perf_counter() - started
+            ok = first < 0.25 * total and total >= 0.4
+            detail = f"first chunk after {first * 1000:.0f} ms, last after {total * 1000:.0f} ms"
+            checks.add("stream", "relayed as it comes (paced upstream)", ok, detail)
+
+        wanted = set(scenarios)
+        if "passthrough" in wanted:
+            await attempt("passthrough", "answer", passthrough)
+        if "chat" in wanted:
+            await attempt("chat", "answer", chat)
+        if "stream" in wanted:
+            await attempt("stream", "answer", stream)
+            await attempt("stream", "paced relay", paced)
+    return checks

@@ -1,0 +1,116 @@
+"""The scenarios: what is sent directly to the upstream and through the gateway, and what the answers contain.
+
+The answers' contents (``ANSWER_TEXT``, ``STREAM_EVENTS`` tokens of ``STREAM_TOKEN``) are those of the fake
+upstream, ``bench/upstream.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from upstream import ANSWER_TEXT, STREAM_EVENTS, STREAM_TOKEN
+
+__all__ = [
+    "ANSWER_TEXT",
+    "CHAT_REQUEST",
+    "PACED_DELAY_MS",
+    "SCENARIOS",
+    "STREAM_EVENTS",
+    "STREAM_TOKEN",
+    "TARGETS_US",
+    "TGI_REQUEST",
+    "Scenario",
+    "scenario_names",
+]
+
+#: the upstream's pause before each event in the paced stream runs (a 50-event stream then lasts about 250 ms)
+PACED_DELAY_MS = 5.0
+#: the gateway's CPU time per request each scenario must stay under, at N connections
+TARGETS_US = {"passthrough": 400.0, "chat": 500.0}
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer in plain English, cite no sources, and keep every answer short enough "
+    "to read in under a minute."
+)
+USER_PROMPT = (
+    "Summarise the trade-offs between running an LLM gateway in Python and writing it in C, in three bullet points "
+    "please."
+)
+#: a realistic OpenAI chat request (about 500 bytes)
+CHAT_REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PROMPT}],
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "max_tokens": 256,
+    "stream": False,
+    "user": "bench-user-0001",
+    "metadata": {"team": "search", "trace_id": "0af7651916cd43dd8448eb211c80319c"},
+}
+#: what the gateway sends the upstream for it (a ChatML prompt): the direct call of every scenario
+TGI_REQUEST: dict[str, Any] = {
+    "inputs": f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{USER_PROMPT}<|im_end|>\n"
+    "<|im_start|>assistant\n",
+    "parameters": {
+        "max_new_tokens": 256,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "stop": ["<|im_end|>"],
+        "details": True,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    direct_path: str
+    direct_body: bytes
+    direct_expect: bytes
+    gateway_path: str
+    gateway_body: bytes
+    gateway_expect: bytes
+    stream: bool = False
+
+
+SCENARIOS = (
+    Scenario(
+        "passthrough",
+        "POST /generate, JSON pass-through",
+        "/generate",
+        orjson.dumps(TGI_REQUEST),
+        b'"generated_text":" Paris is the capital."',
+        "/generate",
+        orjson.dumps(TGI_REQUEST),
+        b'"generated_text":" Paris is the capital."',
+    ),
+    Scenario(
+        "chat",
+        "POST /v1/chat/completions, translated to TGI /generate",
+        "/generate",
+        orjson.dumps(TGI_REQUEST),
+        b'"generated_text":" Paris is the capital."',
+        "/v1/chat/completions",
+        orjson.dumps(CHAT_REQUEST),
+        b"Paris is the capital.",
+    ),
+    Scenario(
+        "stream",
+        f"POST /v1/chat/completions stream=true, translated to TGI /generate_stream ({STREAM_EVENTS} events)",
+        "/generate_stream",
+        orjson.dumps(TGI_REQUEST),
+        b'"input_length":12',
+        "/v1/chat/completions",
+        orjson.dumps({**CHAT_REQUEST, "stream": True}),
+        b"data: [DONE]",
+        stream=True,
+    ),
+)
+
+
+def scenario_names(text: str) -> list[str]:
+    """``--scenarios`` as a list: ``"passthrough, chat"`` → ``["passthrough", "chat"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
