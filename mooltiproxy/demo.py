@@ -46,6 +46,7 @@ def snippets(url: str, key: str) -> str:
     return f"""
 mooltiproxy demo: listening on {url} in front of a simulated TGI model.
 Master key (fresh for this run): {key}
+The simulated model answers "<<say:TEXT>>" with exactly TEXT; anything else gets a fixed greeting.
 
   curl {url}/v1/chat/completions \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
@@ -56,10 +57,11 @@ from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{key}")
 answer = client.chat.completions.create(model="demo", messages=[{{"role": "user", "content": "Hello!"}}])
 print(answer.choices[0].message.content)
-for chunk in client.chat.completions.create(
-    model="demo", messages=[{{"role": "user", "content": "Stream, please."}}], stream=True
-):
-    print(chunk.choices[0].delta.content or "", end="", flush=True) if chunk.choices else None
+stream = client.chat.completions.create(
+    model="demo", messages=[{{"role": "user", "content": "<<say:Streamed, token by token.>>"}}], stream=True
+)
+for chunk in stream:
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
 print()
 PY
 

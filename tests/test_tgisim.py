@@ -723,3 +723,19 @@ def test_official_clients_with_old_prefix_and_byte_chunks() -> None:
 
         generated, tokens = asyncio.run(use_async_client())
         assert (generated, tokens) == ("async ok", ["p", " q", "</s>"])
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "<|im_start|>user\nHello there!<|im_end|>\n<|im_start|>assistant\n",
+        "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHello there! [/INST]",
+        "<|start_header_id|>user<|end_header_id|>\n\nHello there!<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "\n### HUMAN:\nHello there!\n### RESPONSE:\n",
+    ],
+)
+def test_default_answer_quotes_what_the_user_wrote_not_the_template(prompt: str) -> None:
+    from mooltiproxy.tgisim.model import default_answer
+
+    assert default_answer(prompt) == "Hello! I am a simulated model. You said: Hello there!"

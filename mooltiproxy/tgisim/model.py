@@ -125,9 +125,14 @@ def is_sampling(params: dict[str, Any]) -> bool:
     )
 
 
+_MARKUP_RE = re.compile(r"<\|[^|<>]*\|>|</?s>|\[/?INST\]|<<SYS>>|<</SYS>>")
+_ROLE_RE = re.compile(r"\s*(?:###\s*)?(?:system|user|assistant|model|human|response)\s*:?\s*", re.I)
+
+
 def default_answer(inputs: str, variant: int = 0) -> str:
-    plain = _DIRECTIVE_RE.sub("", inputs)
-    lines = [line for line in plain.splitlines() if re.search(r"\w", line)]
+    # Chat templates end the prompt with markers and a role header: quote the last line a person wrote.
+    plain = _MARKUP_RE.sub("\n", _DIRECTIVE_RE.sub("", inputs))
+    lines = [line for line in plain.splitlines() if re.search(r"\w", line) and not _ROLE_RE.fullmatch(line)]
     words = lines[-1].split()[:_MAX_WORDS] if lines else []
     greeting = _GREETINGS[variant % len(_GREETINGS)]
     said = f" You said: {' '.join(words)}" if words else ""
