@@ -158,3 +158,39 @@ def test_config_path_from_environment_and_yaml_errors(tmp_path: Path) -> None:
     config.write_text("targets: [unclosed")
     result = run_cli("check", env={"MOOLTIPROXY_CONFIG": str(config)})
     assert result.returncode == 3 and "not valid YAML" in result.stderr
+
+
+def test_a_route_default_system_prompt_reaches_its_template() -> None:
+    import asyncio
+
+    from mooltiproxy.plugin import MappingContext
+
+    raw = {
+        "targets": {
+            "default": "t",
+            "t": {
+                "url": "http://x",
+                "mapping": {
+                    "/role": {"template": "HumanResponse", "default_system": "Route says hi."},
+                    "/jinja": {"template": "chatml", "default_system": "Be brief."},
+                    "/llama2": {"prompter": "llama2_chat", "default_system": ""},
+                },
+            },
+        },
+        "templates": {"HumanResponse": {"user": "\n### HUMAN:\n", "assistant": "\n### RESPONSE:\n"}},
+    }
+    settings = build_settings(raw, {"MOOLTIPROXY_KEY": "k" * 12}, base_dir=DATA, source="t")
+    user = [{"role": "user", "content": "Hi"}]
+
+    def render(path: str) -> str:
+        route = settings.targets["t"].routes[path]
+        ctx = MappingContext(target="t", path=path, upstream_path=path, entry=route.entry)
+        ctx.template, ctx.prompter = route.template, route.prompter
+        return asyncio.run(ctx.render(user)).text
+
+    assert render("/role") == "Route says hi.\n### HUMAN:\nHi\n### RESPONSE:\n"
+    assert render("/jinja").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi")
+    assert render("/llama2") == "<s>[INST] Hi [/INST]"  # "" means no system prompt at all
+    raw["targets"]["t"]["mapping"] = {"/g": {"template": "gemma", "default_system": "No."}}
+    problems = problems_of(raw)
+    assert problems and problems[0].startswith("targets.t.mapping./g.default_system: template 'gemma' refuses it:")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .. import registry
-from ..errors import ConfigError
+from ..errors import ConfigError, GatewayError
 from ..plugin import Template
 from .model import IPNetwork, Route, Settings, Target
 from .schema import CerbereSection, MappingEntry, SystemSection, TargetSection
@@ -273,6 +273,14 @@ def _route(inbound: str, raw: Any, templates: dict[str, Template], problems: _Pr
         if template is None:
             known = ", ".join(sorted(templates)) or "none defined"
             problems.add(f"{where}.template", f"unknown template '{entry.template}' (templates: {known})")
+        elif entry.default_system is not None:
+            from ..prompters import with_default_system
+
+            template = with_default_system(template, entry.default_system)
+            try:  # tried now, so a template that refuses a system prompt stops the boot, not a request
+                template.render([{"role": "user", "content": "Hello"}])
+            except GatewayError as exc:
+                problems.add(f"{where}.default_system", f"template '{entry.template}' refuses it: {exc.message}")
     elif prompter_name == "fromTemplate":
         problems.add(f"{where}.template", "the fromTemplate prompter needs a template")
     return Route(

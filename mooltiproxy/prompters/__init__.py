@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from ..plugin import MappingContext, Prompt
+from ..plugin import MappingContext, Prompt, Template
 from .jinja import JinjaTemplate
 from .library import builtin_names, builtin_template
 from .roles import DEFAULT_SYSTEM_PROMPT, RoleTemplate, llama2_chat
@@ -27,6 +28,7 @@ __all__ = [
     "builtin_template",
     "from_template",
     "llama2_chat",
+    "with_default_system",
 ]
 
 
@@ -36,3 +38,14 @@ def from_template(messages: list[dict[str, Any]], ctx: MappingContext) -> Prompt
         raise BadRequest("this endpoint has no prompt template to turn messages into a prompt", param="messages")
     tools = ctx.payload.get("tools") if isinstance(ctx.payload, Mapping) else None
     return ctx.template.render(messages, tools=tools)
+
+
+def with_default_system(template: Template, text: str) -> Template:
+    """``template`` with a route's own ``default_system`` (resolved once, when the config is loaded)."""
+    if isinstance(template, JinjaTemplate):
+        return template.derive(default_system=text)
+    if isinstance(template, RoleTemplate):
+        twin = copy.copy(template)
+        twin.default_system = text
+        return twin
+    return template
