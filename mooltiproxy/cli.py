@@ -135,8 +135,6 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 
 def render(settings: Settings, target_name: str | None, path: str, as_json: bool) -> int:
-    from .plugin import MappingContext
-
     target = settings.targets.get(target_name or settings.default_target)
     if target is None:
         print(f"mooltiproxy: unknown target '{target_name}'", file=sys.stderr)
@@ -155,16 +153,7 @@ def render(settings: Settings, target_name: str | None, path: str, as_json: bool
     if not isinstance(messages, list):
         print("mooltiproxy: expected a list of messages, or an object with 'messages'", file=sys.stderr)
         return 2
-    ctx = MappingContext(
-        target=target.name,
-        path=route.inbound,
-        upstream_path=route.upstream_path,
-        entry=route.entry,
-        options=target.options,
-        template=route.template,
-        prompter=route.prompter,
-        payload=payload,
-    )
+    ctx = route.context(target, payload=payload)
     try:
         prompt = asyncio.run(ctx.render(messages))
     except GatewayError as exc:

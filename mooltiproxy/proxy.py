@@ -87,16 +87,7 @@ def _answer_headers(upstream: Mapping[str, str], keep_encoding: bool) -> CIMulti
 async def forward(
     request: web.Request, exchange: Exchange, target: Target, route: Route, client: Upstream, redactor: Redactor | None
 ) -> web.StreamResponse:
-    ctx = MappingContext(
-        target=target.name,
-        path=route.inbound,
-        upstream_path=route.upstream_path,
-        method=exchange.method,
-        entry=route.entry,
-        options=target.options,
-        template=route.template,
-        prompter=route.prompter,
-    )
+    ctx = route.context(target, exchange.method)
     payload: Any = None
     parse = route.translates and bool(exchange.body)
     if route.request_mapper is not None and not parse and exchange.method in ("POST", "PUT", "PATCH"):

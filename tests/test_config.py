@@ -163,8 +163,6 @@ def test_config_path_from_environment_and_yaml_errors(tmp_path: Path) -> None:
 def test_a_route_default_system_prompt_reaches_its_template() -> None:
     import asyncio
 
-    from mooltiproxy.plugin import MappingContext
-
     raw = {
         "targets": {
             "default": "t",
@@ -183,10 +181,8 @@ def test_a_route_default_system_prompt_reaches_its_template() -> None:
     user = [{"role": "user", "content": "Hi"}]
 
     def render(path: str) -> str:
-        route = settings.targets["t"].routes[path]
-        ctx = MappingContext(target="t", path=path, upstream_path=path, entry=route.entry)
-        ctx.template, ctx.prompter = route.template, route.prompter
-        return asyncio.run(ctx.render(user)).text
+        target = settings.targets["t"]
+        return asyncio.run(target.routes[path].context(target).render(user)).text
 
     assert render("/role") == "Route says hi.\n### HUMAN:\nHi\n### RESPONSE:\n"
     assert render("/jinja").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi")

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..plugin import AnswerMapper, PrompterFn, RequestMapper, Template
+from ..plugin import AnswerMapper, MappingContext, PrompterFn, RequestMapper, Template
 
 __all__ = ["IPNetwork", "Route", "Settings", "Target"]
 
@@ -29,6 +29,20 @@ class Route:
     @property
     def translates(self) -> bool:
         return self.request_mapper is not None or self.answer_mapper is not None
+
+    def context(self, target: Target, method: str = "POST", payload: Any = None) -> MappingContext:
+        """A fresh per-request context for this route's plug-ins."""
+        return MappingContext(
+            target=target.name,
+            path=self.inbound,
+            upstream_path=self.upstream_path,
+            method=method,
+            entry=self.entry,
+            options=target.options,
+            template=self.template,
+            prompter=self.prompter,
+            payload=payload,
+        )
 
 
 @dataclass(frozen=True)
