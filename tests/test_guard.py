@@ -113,3 +113,19 @@ def test_trusted_proxy_bans_the_forwarded_client_not_the_proxy(gateway: Any, ech
     assert other.status == 200
     again = request("GET", gw.url + "/echo", headers={"X-Forwarded-For": "1.1.1.1", "Authorization": f"Bearer {KEY}"})
     assert again.status == 403
+
+
+def test_ipv6_clients_are_banned_too(gateway: Any, bg: Any, echo_upstream: str) -> None:
+    from mooltiproxy.runner import start_gateway
+
+    config = passthrough_config(echo_upstream)
+    config["cerbere"] = {"max_tries": 1}
+    gw = gateway(config)
+    runner, url = bg.run(start_gateway(gw.settings, "::1", 0))
+    try:
+        assert url.startswith("http://[::1]:")
+        assert request("GET", url + "/echo").status == 401
+        banned = request("GET", url + "/echo", headers={"Authorization": f"Bearer {KEY}"})
+        assert banned.status == 403 and banned.json()["error"]["code"] == "banned"
+    finally:
+        bg.run(runner.cleanup())

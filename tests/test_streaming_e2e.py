@@ -110,3 +110,18 @@ def test_timeout_bounds_the_wait_between_stream_chunks(gateway: Any, tgi: str) -
     )
     # 1.2 s in all, longer than the timeout, but never 0.4 s without a chunk
     assert len([c for c in fast if c.choices and c.choices[0].delta.content]) == 6
+
+
+def test_a_stream_cut_short_is_an_error_never_a_silent_stop(gateway: Any, echo_upstream: str) -> None:
+    entry = {"path": "/tgi_cut", "stream_path": "/tgi_cut", "in": "chatReqOpenAItoTGI", "out": "chatAnsTGItoOpenAI"}
+    entry["template"] = "chatml"
+    gw = gateway({"targets": {"default": "t", "t": {"url": echo_upstream, "mapping": {"/chat/completions": entry}}}})
+    client = openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0)
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    seen: list[Any] = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            seen.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in seen if c.choices) == "Half"
+    assert not any(c.choices and c.choices[0].finish_reason for c in seen)
+    assert "ended before the generation finished" in info.value.message

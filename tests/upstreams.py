@@ -3,7 +3,7 @@
 Routes (any method): ``/echo…`` echo as JSON; ``/status/{code}`` answers that status with a JSON error body;
 ``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body;
 ``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body;
-``/words?say=a,b`` one chunk per word.
+``/words?say=a,b`` one chunk per word; ``/tgi_cut`` a TGI stream cut short.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def echo_app() -> web.Application:
     app.router.add_route("*", "/sse", sse)
     app.router.add_route("*", "/plain", plain)
     app.router.add_route("*", "/words", words)
+    app.router.add_route("*", "/tgi_cut", tgi_cut)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -87,5 +88,17 @@ async def words(request: web.Request) -> web.StreamResponse:
     for word in request.query.get("say", "").split(","):
         await response.write(word.encode() + b" ")
         await asyncio.sleep(0.05)
+    await response.write_eof()
+    return response
+
+
+async def tgi_cut(request: web.Request) -> web.StreamResponse:
+    """A TGI stream that breaks off after one token, without its final event."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    token = {"id": 5, "text": "Half", "logprob": -0.1, "special": False}
+    await response.write(b"data: " + orjson.dumps({"index": 1, "token": token, "generated_text": None}) + b"\n\n")
+    await asyncio.sleep(0.05)
     await response.write_eof()
     return response
