@@ -156,7 +156,9 @@ class Gateway:
             status=error.status, body=error.to_json(), content_type="application/json", headers=error.headers
         )
 
-    async def add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Headers every answer gets: no server version for scanners, CORS for browser pages."""
+        response.headers["Server"] = "mooltiproxy"
         allowed = self.allowed_origin(request.headers.get("Origin"))
         if allowed is not None:
             response.headers["Access-Control-Allow-Origin"] = allowed
@@ -189,6 +191,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
-    app.on_response_prepare.append(gateway.add_cors)
+    app.on_response_prepare.append(gateway.on_prepare)
     app[GATEWAY] = gateway
     return app

@@ -185,6 +185,7 @@ def test_health_needs_no_key(gateway: Any, echo_upstream: str) -> None:
     gw = gateway(passthrough_config(echo_upstream))
     reply = request("GET", gw.url + "/-/health")
     assert (reply.status, reply.json()) == (200, {"status": "ok"})
+    assert reply.headers["Server"] == "mooltiproxy"  # no library or Python version for scanners
 
 
 def test_cors_preflight_and_headers(gateway: Any, echo_upstream: str) -> None:
