@@ -218,3 +218,23 @@ def test_any_origin_by_default(gateway: Any, echo_upstream: str) -> None:
     gw = gateway(passthrough_config(echo_upstream))
     reply = request("GET", gw.url + "/echo", headers=auth(Origin="http://localhost:3000"))
     assert reply.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_chunked_bodies_are_bounded_too(gateway: Any, echo_upstream: str) -> None:
+    import socket
+
+    config = passthrough_config(echo_upstream)
+    config["system"] = {"max_body_size": 1000}
+    gw = gateway(config)
+    port = int(gw.url.rsplit(":", 1)[1])
+    head = (
+        f"POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"x" * 600
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head + body)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"the request body is larger than 1000 bytes" in answer
