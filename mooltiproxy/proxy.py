@@ -42,6 +42,19 @@ def is_json(content_type: str | None) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
+def _encode(value: Any, error: type[GatewayError], what: str) -> bytes:
+    """JSON bytes of a mapped payload; what orjson refuses (nesting over 255 levels, odd types) is a clear error."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
+def _json_response(answer: Any) -> web.Response:
+    body = _encode(answer, UpstreamError, "the mapped answer cannot be sent")
+    return web.Response(body=body, content_type="application/json")
+
+
 async def _call(fn: Any, payload: Any, ctx: MappingContext) -> Any:
     result = fn(payload, ctx)
     if inspect.isawaitable(result):
@@ -108,7 +121,7 @@ async def forward(
         payloads = mapped.payloads if isinstance(mapped, Fanout) else [mapped]
         if not payloads:
             raise BadRequest("nothing to send upstream")
-        bodies = [orjson.dumps(p) for p in payloads]
+        bodies = [_encode(p, BadRequest, "the request cannot be forwarded") for p in payloads]
         if redactor:
             for p in payloads:
                 log.debug("request after mapping to %s%s: %s", target.name, ctx.upstream_path, redactor.dumps(p))
@@ -152,7 +165,7 @@ async def _single(
                 return web.Response(status=resp.status, body=data, headers=_answer_headers(resp.headers, False))
             raise error
         out = await _map_answer(answer, resp.headers.get("Content-Type"), data, ctx, redactor)
-        return web.Response(body=orjson.dumps(out), content_type="application/json")
+        return _json_response(out)
 
 
 async def _map_answer(
@@ -213,7 +226,7 @@ async def _fanout(
     except orjson.JSONDecodeError as exc:
         raise UpstreamError(f"target '{ctx.target}' answered with a body that is not JSON") from exc
     out = parsed if answer is None else await _call(answer, parsed, ctx)
-    return web.Response(body=orjson.dumps(out), content_type="application/json")
+    return _json_response(out)
 
 
 async def _relay_stream(

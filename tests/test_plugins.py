@@ -65,3 +65,20 @@ def test_a_mapped_post_without_a_body_is_a_400(gateway: Any, tgi: str) -> None:
     gw = gateway(passthrough_config(tgi, {"/chat/completions": entry}))
     reply = request("POST", gw.url + "/chat/completions", headers=auth())
     assert reply.status == 400 and reply.json()["error"]["message"] == "this endpoint expects a JSON body"
+
+
+def test_payloads_too_deep_to_forward_are_a_400(gateway: Any, tgi: str) -> None:
+    entry = {"path": "/generate", "in": "chatReqOpenAItoTGI", "out": "chatAnsTGItoOpenAI", "template": "chatml"}
+    gw = gateway(passthrough_config(tgi, {"/chat/completions": entry}))
+    # Valid JSON nested 300 levels deep: it parses, but the TGI request cannot carry it (orjson writes 255 levels).
+    depth = 300
+    schema = '{"type":"object","properties":{"x":' * depth + '{"type":"object","properties":{}}' + "}}" * depth
+    body = (
+        '{"model":"m","messages":[{"role":"user","content":"hi"}],'
+        '"response_format":{"type":"json_schema","json_schema":{"name":"deep","schema":' + schema + "}}}"
+    )
+    reply = request(
+        "POST", gw.url + "/chat/completions", headers={**auth(), "Content-Type": "application/json"}, body=body
+    )
+    assert reply.status == 400
+    assert reply.json()["error"]["message"].startswith("the request cannot be forwarded: ")
