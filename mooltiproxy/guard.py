@@ -34,6 +34,19 @@ def _contains(networks: tuple[IPNetwork, ...], ip: str) -> bool:
     return any(address in net for net in networks)
 
 
+def _address(hop: str) -> str | None:
+    """The address in one X-Forwarded-For hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``, ``::1``), normalised."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1 : hop.find("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
+
+
 class Guard:
     def __init__(
         self,
@@ -59,11 +72,11 @@ class Guard:
         ip = peer or "unknown"
         if forwarded_for and _contains(self.trusted_proxies, ip):
             for hop in reversed(forwarded_for.split(",")):
-                hop = hop.strip()
-                if not hop:
-                    continue
-                ip = hop
-                if not _contains(self.trusted_proxies, hop):
+                address = _address(hop)
+                if address is None:
+                    break  # not an address: keep the last hop we can vouch for
+                ip = address
+                if not _contains(self.trusted_proxies, address):
                     break
         return ip
 
@@ -76,7 +89,7 @@ class Guard:
     def check(self, ip: str, authorization: str | None) -> None:
         """Raise ``Forbidden`` or ``Unauthorized``, or return when the caller may go on."""
         self.check_address(ip)
-        given = (authorization or "").strip().encode()
+        given = (authorization or "").strip().encode("utf-8", "surrogateescape")
         # The scheme is case-insensitive; the key is compared in constant time.
         if given[:7].lower() == b"bearer ":
             given = b"Bearer " + given[7:].strip()

@@ -34,7 +34,6 @@ class ModelList:
         self.created = int(time.time())
         self._known: dict[str, str] = {}
         self._failed: dict[str, float] = {}
-        self._lock = asyncio.Lock()
 
     async def model_of(self, name: str) -> str:
         target = self.settings.targets[name]
@@ -66,17 +65,24 @@ class ModelList:
 
     async def listing(self, only: str | None) -> list[dict[str, Any]]:
         names = [only] if only else list(self.settings.targets)
-        async with self._lock:
-            models = await asyncio.gather(*(self.model_of(n) for n in names))
+        models = await asyncio.gather(*(self.model_of(n) for n in names))
         seen: dict[str, dict[str, Any]] = {}
         for name, model in zip(names, models, strict=False):
             seen.setdefault(model, {"id": model, "object": "model", "created": self.created, "owned_by": name})
         return list(seen.values())
 
-    async def answer(self, path: str, target_header: str | None) -> web.Response:
-        data = await self.listing(target_header if target_header in self.settings.targets else None)
-        if "/models/" in path:
-            wanted = path.split("/models/", 1)[1]
+    @staticmethod
+    def handles(path: str) -> bool:
+        """``/models`` or ``/models/{id}``, with or without ``/v1``."""
+        bare = path[3:] if path.startswith("/v1/") else path
+        return bare == "/models" or bare.startswith("/models/")
+
+    async def answer(self, path: str, target: str | None) -> web.Response:
+        """Answer a path ``handles`` accepted; ``target`` lists only that target's model."""
+        data = await self.listing(target)
+        bare = path[3:] if path.startswith("/v1/") else path
+        if bare.startswith("/models/"):
+            wanted = bare[len("/models/") :]
             for model in data:
                 if model["id"] == wanted:
                     return web.Response(body=orjson.dumps(model), content_type="application/json")

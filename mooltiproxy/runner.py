@@ -36,9 +36,13 @@ async def start_gateway(
     # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    context = ssl_context(settings)
-    site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port, ssl_context=context)
-    await site.start()
+    try:
+        context = ssl_context(settings)
+        site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port, ssl_context=context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # closes the upstream clients opened at start-up
+        raise
     sockets = runner.addresses
     bound = sockets[0][1] if sockets else port
     shown = host or settings.host

@@ -1,23 +1,26 @@
 """The inbound side: the aiohttp application, in the fixed order health → CORS pre-flight → guard → routing → proxy.
 
 Every error becomes an OpenAI-shaped JSON answer with its status; an unexpected exception is logged with its
-traceback and answered as a plain 500, never shown to the client.
+traceback and answered as an OpenAI-shaped 500 without it. After a response has started, an error can only cut it
+short (see ``proxy``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from .config.model import Settings, Target
-from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .guard import Guard
 from .models import ModelList
 from .proxy import Exchange, forward
 from .redact import Redactor
+from .relay import internal_error
 from .upstream import Upstream
 
 __all__ = ["HEALTH_PATH", "create_app"]
@@ -73,7 +76,10 @@ class Gateway:
         exchange: Exchange | None = None
         response: web.StreamResponse | None = None
         try:
-            ip = self.guard.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+            forwarded = None
+            if self.guard.trusted_proxies:  # every X-Forwarded-For line: a proxy may add its own below the client's
+                forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
+            ip = self.guard.client_ip(request.remote, forwarded)
             path = request.path
             if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
                 response = web.json_response({"status": "ok"})
@@ -87,8 +93,9 @@ class Gateway:
             target_name = target.name
             route = target.find(path)
             if route is None:
-                if request.method == "GET" and (path in ("/models", "/v1/models") or "/models/" in path):
-                    response = await self.models.answer(path, request.headers.get("target"))
+                if request.method == "GET" and ModelList.handles(path):
+                    only = target.name if request.headers.get("target") else None
+                    response = await self.models.answer(path, only)
                     return response
                 raise NotFound(f"no route for '{path}' on target '{target.name}'", code="unknown_route")
             if route.methods is not None and request.method not in route.methods:
@@ -102,6 +109,15 @@ class Gateway:
             return response
         except GatewayError as error:
             response = self.error_response(error)
+            return response
+        except Exception as exc:
+            if exchange is not None and exchange.started:
+                # The answer has begun: a second one cannot follow. Cut the connection so the client knows.
+                log.error("error after the answer started on %s %s", request.method, request.path, exc_info=exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise
+            response = self.error_response(internal_error(exc, request.method, request.path))
             return response
         finally:
             status = response.status if response is not None else 499
@@ -136,6 +152,8 @@ class Gateway:
             return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
+        except (RequestPayloadError, HttpProcessingError) as exc:  # broken chunking or content encoding
+            raise BadRequest(f"the request body cannot be read: {exc}") from exc
 
     def preflight(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -167,30 +185,14 @@ class Gateway:
                 response.headers.add("Vary", "Origin")
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
-
-
-@web.middleware
-async def _last_resort(request: web.Request, handler: Any) -> web.StreamResponse:
-    """An unexpected exception is logged with its traceback and answered as an OpenAI-shaped 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except (web.HTTPException, GatewayError):
-        raise
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        error = GatewayError("The gateway had an error while processing your request.")
-        return web.Response(status=500, body=error.to_json(), content_type="application/json")
-
-
 def create_app(settings: Settings) -> web.Application:
+    """The gateway's application. Serve it with ``handler_cancellation=True`` (as ``runner.start_gateway`` does),
+    so that a client that disconnects cancels its upstream request; aiohttp's default keeps it running."""
     gateway = Gateway(settings)
     # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
-    app = web.Application(client_max_size=settings.max_body_size + 1, middlewares=[_last_resort])
+    app = web.Application(client_max_size=settings.max_body_size + 1)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
     app.on_response_prepare.append(gateway.on_prepare)
-    app[GATEWAY] = gateway
     return app

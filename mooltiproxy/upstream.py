@@ -46,7 +46,7 @@ class Upstream:
         self.max_redirects = max_redirects
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
-        self.base = URL(target.url)
+        self._authorization = f"Bearer {target.api_key}" if target.api_key else None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, enable_cleanup_closed=True)
@@ -72,11 +72,15 @@ class Upstream:
     async def request(
         self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request (following redirects) and yield the response, whose body is not read yet."""
+        """Send one request (following redirects) and yield the response, whose body is not read yet.
+
+        ``headers`` is not changed: the target's key is added to a copy.
+        """
         assert self._session is not None, "Upstream.start() was not awaited"
         url = self.url(path, query)
-        if self.target.api_key:
-            headers["Authorization"] = f"Bearer {self.target.api_key}"
+        headers = headers.copy()
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         name = self.target.name
         try:
             for _hop in range(self.max_redirects + 1):
@@ -85,15 +89,20 @@ class Upstream:
                 )
                 if response.status not in _REDIRECTS or "Location" not in response.headers:
                     break
-                location = url.join(URL(response.headers["Location"]))
                 response.release()
+                try:
+                    location = url.join(URL(response.headers["Location"]))
+                except ValueError as exc:
+                    raise UpstreamError(f"target '{name}' redirected to an invalid location") from exc
                 if not self.target.preserve_method and (
                     response.status == 303 or (response.status in (301, 302) and method == "POST")
                 ):
                     method, body = ("HEAD" if method == "HEAD" else "GET"), None
                     headers.popall("Content-Type", None)
-                if location.host != url.host:
-                    headers.popall("Authorization", None)  # never hand a target's key to another host
+                if not _same_site(url, location):
+                    # never hand a target's key (or cookies) to another origin, nor over a downgraded scheme
+                    headers.popall("Authorization", None)
+                    headers.popall("Cookie", None)
                 url = location
             else:
                 response.release()
@@ -102,14 +111,24 @@ class Upstream:
                 yield response
             finally:
                 response.release()
-        except ConnectionResetError:
-            raise  # our own client went away while we wrote to it: not the target's fault
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"target '{name}' did not answer within {self.target.timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(f"target '{name}' is unreachable: {exc.os_error.strerror or exc}") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"target '{name}' failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _same_site(current: URL, location: URL) -> bool:
+    """Same origin, or the same host moving from http to https on its default port (a common upgrade redirect)."""
+    if location.origin() == current.origin():
+        return True
+    return (
+        location.host == current.host
+        and current.scheme == "http"
+        and location.scheme == "https"
+        and location.is_default_port()
+    )
 
 
 def decode_body(body: bytes, headers: Mapping[str, str]) -> bytes:

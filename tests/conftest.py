@@ -45,7 +45,7 @@ def bg() -> Iterator[BackgroundLoop]:
     loop.close()
 
 
-async def _serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -57,7 +57,7 @@ async def _serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
 @pytest.fixture(scope="session")
 def echo_upstream(bg: BackgroundLoop) -> Iterator[str]:
     """A real local HTTP server that tells what it received (see tests/upstreams.py)."""
-    runner, url = bg.run(_serve_app(echo_app()))
+    runner, url = bg.run(serve_app(echo_app()))
     yield url
     bg.run(runner.cleanup())
 

@@ -3,7 +3,8 @@
 Routes (any method): ``/echo…`` echo as JSON; ``/status/{code}`` answers that status with a JSON error body;
 ``/redirect/{code}?to=/path`` redirects (``?loop`` to itself); ``/gzip`` a gzip-compressed JSON body;
 ``/slow?seconds=`` waits first; ``/sse`` three events one by one; ``/plain`` a text body;
-``/words?say=a,b`` one chunk per word; ``/tgi_cut`` a TGI stream cut short.
+``/words?say=a,b`` one chunk per word; ``/tgi_cut`` a TGI stream cut short;
+``/cut`` a body broken off; ``/cors`` the upstream's own CORS headers.
 """
 
 from __future__ import annotations
@@ -76,16 +77,21 @@ def echo_app() -> web.Application:
     app.router.add_route("*", "/plain", plain)
     app.router.add_route("*", "/words", words)
     app.router.add_route("*", "/tgi_cut", tgi_cut)
+    app.router.add_route("*", "/cut", cut)
+    app.router.add_route("*", "/cors", cors)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
 
 async def words(request: web.Request) -> web.StreamResponse:
-    """``/words?say=a,b,c``: each word its own chunk, 50 ms apart."""
+    """``/words?say=a,b,c``: each word its own chunk, 50 ms apart (``&accept``: first the Accept-Encoding seen)."""
     await request.read()
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     await response.prepare(request)
-    for word in request.query.get("say", "").split(","):
+    said = request.query.get("say", "").split(",")
+    if "accept" in request.query:
+        said.insert(0, request.headers.get("Accept-Encoding", "-"))
+    for word in said:
         await response.write(word.encode() + b" ")
         await asyncio.sleep(0.05)
     await response.write_eof()
@@ -102,3 +108,21 @@ async def tgi_cut(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(0.05)
     await response.write_eof()
     return response
+
+
+async def cut(request: web.Request) -> web.StreamResponse:
+    """Promises 100 bytes, sends 10, then drops the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    response.content_length = 100
+    await response.prepare(request)
+    await response.write(b"0123456789")
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def cors(request: web.Request) -> web.Response:
+    """An upstream with its own, too generous, CORS answer."""
+    headers = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true"}
+    return web.json_response({"cors": "upstream"}, headers=headers)

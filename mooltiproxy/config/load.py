@@ -35,7 +35,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+        # Only the problem and its place: YAML's excerpt of the file could show a key.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError([f"not valid YAML{where}: {problem}"], source=str(path)) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -93,9 +97,10 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
     elif len(master_key) < 8:
         problems.add("system.masterkey" if key_from_file else KEY_ENV, "the master key must be 8 characters or more")
 
-    trusted = _networks(system.trusted_proxies if system else [], "system.trusted_proxies", problems)
-    whitelist = _networks(cerbere.whitelist if cerbere else [], "cerbere.whitelist", problems)
-    blacklist = _networks(cerbere.blacklist if cerbere else [], "cerbere.blacklist", problems)
+    # Read from the raw sections, so these are checked even when another key of the section is wrong.
+    trusted = _networks(_raw_list(raw, "system", "trusted_proxies"), "system.trusted_proxies", problems)
+    whitelist = _networks(_raw_list(raw, "cerbere", "whitelist"), "cerbere.whitelist", problems)
+    blacklist = _networks(_raw_list(raw, "cerbere", "blacklist"), "cerbere.blacklist", problems)
     if system is not None and system.ssl:
         for key in ("certfile", "keyfile"):
             file = base_dir / getattr(system, key)
@@ -128,7 +133,14 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
     )
 
 
-def _networks(values: list[str], where: str, problems: _Problems) -> tuple[IPNetwork, ...]:
+def _raw_list(raw: Mapping[str, Any], section: str, key: str) -> list[Any]:
+    """A list from the raw config (the schema reports a value of the wrong type)."""
+    part = raw.get(section)
+    value = part.get(key) if isinstance(part, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _networks(values: list[Any], where: str, problems: _Problems) -> tuple[IPNetwork, ...]:
     out: list[IPNetwork] = []
     for i, value in enumerate(values):
         try:
