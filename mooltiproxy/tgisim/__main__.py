@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Sequence
+
+from aiohttp import web
 
 from . import Limits, SimSettings, start_simulator
 
@@ -60,18 +60,15 @@ def settings_from_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, 
     return settings, args.host, args.port
 
 
-async def _serve(settings: SimSettings, host: str, port: int) -> None:
-    runner, url = await start_simulator(settings, host, port)
-    print(f"TGI simulator ({settings.model_id}) listening on {url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+def _serve(settings: SimSettings, host: str, port: int) -> None:
+    from ..runner import run, serve_forever
+
+    async def start() -> list[web.AppRunner]:
+        runner, url = await start_simulator(settings, host, port)
+        print(f"TGI simulator ({settings.model_id}) listening on {url}", flush=True)
+        return [runner]
+
+    run(serve_forever(start))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, host, port))
+        _serve(settings, host, port)
     return 0
 
 
