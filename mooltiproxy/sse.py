@@ -14,11 +14,7 @@ Only the ``data`` of each event is returned: the upstreams we read (TGI) send no
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-
-__all__ = ["DONE", "SSEDecoder", "encode_data", "encode_json"]
+__all__ = ["DONE", "SSEDecoder", "encode_data"]
 
 #: the terminator of OpenAI streams
 DONE = b"data: [DONE]\n\n"
@@ -105,8 +101,3 @@ class SSEDecoder:
 def encode_data(data: bytes) -> bytes:
     """One data-only event around an already encoded payload."""
     return b"data: " + data + b"\n\n"
-
-
-def encode_json(obj: Any) -> bytes:
-    """One data-only event carrying ``obj`` as JSON."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"

@@ -220,6 +220,38 @@ def test_system_fingerprint_option() -> None:
     assert "system_fingerprint" not in chat_answer(EOS, mapped({}))
 
 
+def test_system_fingerprint_option_without_request_state() -> None:
+    ctx = MappingContext(target="tgi", path="/", upstream_path="/generate", options={"system_fingerprint": "fp_2"})
+    ctx.payload = {"stop": "!", "messages": []}
+    assert chat_answer(answer("Hi!", "stop_sequence"), ctx)["system_fingerprint"] == "fp_2"
+    ctx = MappingContext(target="tgi", path="/", upstream_path="/generate", options={"system_fingerprint": "fp_2"})
+    ctx.payload = {"stream": True, "stream_options": {"include_usage": True}}
+    t = text_answer.stream(ctx)
+    chunks = t.feed(0, b'data: {"token":{"id":1,"text":"Hi","logprob":-1,"special":false}}\n\n')
+    assert b'"system_fingerprint":"fp_2"' in chunks and b'"usage":null' in chunks
+
+
+def test_template_stops_are_kept_when_the_client_sends_as_many_stops_as_allowed() -> None:
+    # the client's four stops fill TGI's limit: the template's end of turn still ends the answer
+    body = {"stop": ["###", "END", "Q:", "A:"]}
+    ctx = mapped(body)
+    made_up = answer("Hello!\nUser: tell me more", "length")
+    assert chat_answer(made_up, ctx)["choices"][0]["message"]["content"] == "Hello!"
+    ctx = mapped({**body, "stream": True})
+    tokens = [
+        {"token": {"id": i, "text": t, "logprob": -1, "special": False}} for i, t in enumerate(["Hello!", "\nUser:"])
+    ]
+    out = chat_answer.stream(ctx).feed(0, b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in tokens))
+    texts = [orjson.loads(line[6:])["choices"][0]["delta"].get("content") for line in out.split(b"\n\n") if line]
+    assert "".join(t for t in texts if t) == "Hello!"
+    assert b'"finish_reason":"stop"' in out
+
+
+def test_client_stops_beyond_the_upstream_limit_still_cut_the_answer() -> None:
+    ctx = mapped({"stop": ["a", "b"]}, options={"max_stop_sequences": 2})
+    assert chat_answer(answer("xyz b more", "length"), ctx)["choices"][0]["message"]["content"] == "xyz "
+
+
 @pytest.mark.parametrize("payload", [{"error": "x"}, [1], "text", [{"generated_text": 3}]])
 def test_not_a_tgi_answer(payload: Any) -> None:
     with pytest.raises(UpstreamError):

@@ -171,7 +171,7 @@ def documented_refusal(body: dict[str, Any], error: BadRequest, chat: bool, stri
         return bool(body.get("suffix"))
     if param == "best_of":
         best_of = body["best_of"]
-        return best_of > 1 and (bool(body.get("stream")) or best_of < n or best_of > LIMITS.max_best_of)
+        return 1 <= best_of < n or (best_of > 1 and (bool(body.get("stream")) or best_of > LIMITS.max_best_of))
     return False
 
 

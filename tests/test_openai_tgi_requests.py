@@ -12,6 +12,7 @@ from mooltiproxy.mappers._common import STATE_KEY, RequestState, Slot
 from mooltiproxy.mappers.identity import identity
 from mooltiproxy.mappers.openai_tgi import JSON_OBJECT_REGEX, chat_request, text_request
 from mooltiproxy.plugin import Fanout, MappingContext
+from mooltiproxy.prompters import builtin_template, from_template
 from mooltiproxy.registry import MAPPERS, import_from_string
 
 PROMPTER_STOPS = ["\nUser:", "</s>"]
@@ -150,12 +151,36 @@ def test_message_content_forms_are_passed_to_the_prompter() -> None:
         (None, "messages"),
         ([], "messages"),
         ("Hi", "messages"),
-        ([{"content": "x"}], "messages[0]"),
-        ([1], "messages[0]"),
+        ([{"content": "x"}], "messages"),
+        ([1], "messages"),
     ],
 )
 def test_bad_messages(messages: Any, param: str) -> None:
     refused(lambda: asyncio.run(chat_request({"messages": messages}, make_ctx())), param)
+
+
+def test_messages_are_checked_once_per_request() -> None:
+    reads: list[str] = []
+
+    class Message(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            reads.append(key)
+            return super().get(key, default)
+
+    ctx = make_ctx(prompter=from_template, template=builtin_template("chatml"))
+    request = asyncio.run(chat_request({"messages": [Message(role="user", content="Hi")]}, ctx))
+    assert isinstance(request, dict) and request["inputs"].endswith("Hi<|im_end|>\n<|im_start|>assistant\n")
+    assert reads.count("role") == 1
+
+
+@pytest.mark.parametrize("content", [5, 1.5, True, {"text": "Hi"}])
+def test_message_content_of_a_wrong_type_is_refused(content: Any) -> None:
+    calls: list[Any] = []
+    ctx = make_ctx(prompter=lambda m, c: calls.append(m) or "prompt")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+    error = refused(lambda: asyncio.run(chat_request({"messages": messages}, ctx)), "messages")
+    assert error.message == "messages[1].content must be a string or a list of text parts"
+    assert calls == []
 
 
 def test_empty_rendered_prompt() -> None:
@@ -262,19 +287,28 @@ def test_stop_wrong_type(value: Any) -> None:
 
 def test_stop_merged_with_prompter_stops() -> None:
     ctx = make_ctx()
-    assert params(chat(ctx, stop=["x", "</s>"]))["stop"] == ["x", "</s>", "\nUser:"]
-    assert state(ctx).stops == ("x", "</s>", "\nUser:")
+    assert params(chat(ctx, stop=["x", "</s>"]))["stop"] == ["\nUser:", "</s>", "x"]
+    assert state(ctx).stops == ("\nUser:", "</s>", "x")
 
 
-def test_stop_merge_keeps_client_stops_first_up_to_the_limit() -> None:
-    assert params(chat(stop=["a", "b", "c"]))["stop"] == ["a", "b", "c", "\nUser:"]
-    assert params(chat(stop=["a", "b", "c", "d"]))["stop"] == ["a", "b", "c", "d"]
+def test_stop_merge_sends_prompter_stops_first_and_keeps_every_stop() -> None:
+    # the template's end-of-turn stops are never pushed out by the client's
+    ctx = make_ctx()
+    assert params(chat(ctx, stop=["a", "b", "c"]))["stop"] == ["\nUser:", "</s>", "a", "b"]
+    assert state(ctx).stops == ("\nUser:", "</s>", "a", "b", "c")  # the answer is cut on all of them
+    ctx = make_ctx()
+    assert params(chat(ctx, stop=["a", "b", "c", "d"]))["stop"] == ["\nUser:", "</s>", "a", "b"]
+    assert state(ctx).stops == ("\nUser:", "</s>", "a", "b", "c", "d")
 
 
 def test_stop_limit_from_options() -> None:
     ctx = make_ctx({"max_stop_sequences": 2})
-    assert params(chat(ctx, stop="a"))["stop"] == ["a", "\nUser:"]
+    assert params(chat(ctx, stop="a"))["stop"] == ["\nUser:", "</s>"]
+    assert state(ctx).stops == ("\nUser:", "</s>", "a")
     refused(lambda: chat(make_ctx({"max_stop_sequences": 2}), stop=["a", "b", "c"]), "stop")
+    ctx = make_ctx({"max_stop_sequences": 1}, prompter=lambda m, c: ("p", ["</s>", "\nUser:", "</s>", ""]))
+    assert params(chat(ctx))["stop"] == ["</s>"]
+    assert state(ctx).stops == ("</s>", "\nUser:")
 
 
 # -- lengths, seed, penalties
@@ -384,7 +418,9 @@ def test_best_of_greedy_is_one_request() -> None:
     assert "best_of" not in p and p["do_sample"] is False
 
 
-@pytest.mark.parametrize("body", [{"best_of": 2, "stream": True}, {"best_of": 2, "n": 3}, {"best_of": 3}])
+@pytest.mark.parametrize(
+    "body", [{"best_of": 2, "stream": True}, {"best_of": 2, "n": 3}, {"best_of": 3}, {"best_of": 1, "n": 2}]
+)
 def test_best_of_refused(body: dict[str, Any]) -> None:
     refused(lambda: text(**body), "best_of")
 

@@ -176,10 +176,11 @@ def test_held_tail_is_flushed_when_the_generation_ends_otherwise() -> None:
     assert out[-2]["choices"][0]["finish_reason"] == "length"
 
 
-def test_held_tail_is_dropped_on_an_unknown_stop_sequence() -> None:
+def test_held_tail_is_released_on_a_stop_sequence_that_was_not_seen() -> None:
+    # TGI stopped on a stop that was a special token's text: the held text is genuine output
     t, _ = translator()
     out = events(run(t, [sse([tok("a", 1), final(tok("\nUs", 2), "a\nUs", "stop_sequence", 2)])]))
-    assert contents(out) == "a"
+    assert contents(out) == "a\nUs"
     assert out[-2]["choices"][0]["finish_reason"] == "stop"
 
 
@@ -396,3 +397,51 @@ def test_chunks_parse_as_the_openai_sdk_types() -> None:
         if chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
             chunk["choices"][0]["finish_reason"] = "length"  # the SDK's type omits the streaming null
         Completion.model_validate(chunk, strict=True)
+
+
+def stream_and_answer(tokens: list[tuple[str, bool]], stops: list[str], reason: str) -> tuple[Any, Any]:
+    """(content, finish reason) of the streamed and the non-streamed chat answer to the same TGI tokens."""
+    state = RequestState(chat=True, id="chatcmpl-x", created=0, model="m", stops=stops)
+    ctx = MappingContext(target="tgi", path="/", upstream_path="/generate_stream")
+    events_ = [tok(text, i + 1, special=special) for i, (text, special) in enumerate(tokens)]
+    generated = "".join(text for text, special in tokens if not special)  # TGI skips special tokens
+    events_[-1] = final(events_[-1], generated, reason, len(tokens))
+    out = events(run(OpenAIStream(state, ctx), [sse(events_)]))
+    ctx.state["openai_tgi"] = state
+    details = {"finish_reason": reason, "generated_tokens": len(tokens), "tokens": [e["token"] for e in events_]}
+    choice = chat_answer({"generated_text": generated, "details": details}, ctx)["choices"][0]
+    return (contents(out), out[-2]["choices"][0]["finish_reason"]), (
+        choice["message"]["content"],
+        choice["finish_reason"],
+    )
+
+
+def test_stream_and_answer_keep_the_text_before_a_special_stop_token() -> None:
+    # chatml: TGI stops on "<|im_end|>", a special token, after " Hello\n<|im"-like text the gateway holds
+    tokens = [(" Hello", False), ("\n", False), ("<|im_end|>", True)]
+    streamed, answered = stream_and_answer(tokens, ["\n\nQ:", "<|im_end|>"], "stop_sequence")
+    assert streamed == answered == (" Hello\n", "stop")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.text("ab\n", min_size=1, max_size=3), st.booleans()), min_size=1, max_size=8),
+    st.lists(st.text("ab\n", min_size=1, max_size=3), min_size=1, max_size=3),
+    st.sampled_from(["length", "eos_token", "stop_sequence"]),
+)
+def test_stream_and_answer_agree(tokens: list[tuple[str, bool]], stops: list[str], reason: str) -> None:
+    streamed, answered = stream_and_answer(tokens, stops, reason)
+    assert streamed == answered
+
+
+def test_error_event_uses_the_headers_of_its_own_stream() -> None:
+    t, ctx = translator({"n": 2})
+    ctx.reply_headers = [{"retry-after": "7"}, {"retry-after": "30"}]  # filled by stream index
+    assert t.feed(1, sse([tok("Hi", 1)]))
+    with pytest.raises(UpstreamStatus) as info:
+        t.feed(0, b'data: {"error":"busy","error_type":"overloaded"}\n\n')
+    assert info.value.status == 429 and info.value.headers == {"Retry-After": "7"}
+    t, ctx = translator()
+    with pytest.raises(UpstreamStatus) as info:  # no headers for that stream (yet)
+        t.feed(0, b'data: {"error":"busy","error_type":"overloaded"}\n\n')
+    assert info.value.headers == {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mooltiproxy.errors import BadRequest, GatewayError
+from mooltiproxy.errors import BadRequest
 from mooltiproxy.plugin import MappingContext, Prompt, Template
 from mooltiproxy.prompters import (
     DEFAULT_SYSTEM_PROMPT,
@@ -22,8 +22,10 @@ from mooltiproxy.prompters import (
     from_template,
     library,
     llama2_chat,
+    with_default_system,
 )
 from mooltiproxy.prompters import jinja as jinja_module
+from mooltiproxy.prompters.messages import check_messages
 
 CASES_FILE = Path(__file__).parent / "data" / "chat_templates" / "cases.json"
 
@@ -175,6 +177,37 @@ def test_malformed_messages(messages: Any, message: str) -> None:
     assert info.value.param == "messages"
 
 
+@pytest.mark.parametrize("content", [3, 1.5, True, False, {"type": "text", "text": "hi"}])
+def test_content_of_a_wrong_type_is_refused_by_every_renderer(content: Any) -> None:
+    messages = [SYSTEM, {"role": "user", "content": content}]
+    renderers = [role(HUMAN_RESPONSE).render, builtin_template("chatml").render, lambda m: llama2_chat(m, ctx())]
+    for render in renderers:
+        with pytest.raises(BadRequest) as info:
+            render(messages)
+        assert info.value.message == "messages[1].content must be a string or a list of text parts"
+        assert info.value.param == "messages"
+
+
+def test_messages_are_checked_once() -> None:
+    messages = [SYSTEM, {"role": "assistant", "content": None, "tool_calls": []}, CHAT[0]]
+    checked = check_messages(messages)
+    assert checked == messages
+    assert check_messages(checked) is checked  # a list already checked is not walked again
+    assert check_messages(list(checked)) is not checked  # a copy (maybe changed) is checked again
+
+
+def test_fixed_settings_are_resolved_at_construction_and_by_derive() -> None:
+    template = JinjaTemplate("{{ bos_token }}|{{ x }}|{{ y }}", bos_token="<s>", kwargs={"x": 1})
+    twin = template.derive(kwargs={"y": 2})
+    assert template.render(CHAT).text == "<s>|1|"
+    assert twin.render(CHAT).text == "<s>|1|2"
+    assert twin.render(CHAT, x=3).text == "<s>|3|2"
+    plain = RoleTemplate("r", user="U:", assistant="A:")
+    assert plain.render(CHAT[:1]).text == DEFAULT_SYSTEM_PROMPT + "U:HelloA:"
+    assert with_default_system(plain, "Sys.").render(CHAT[:1]).text == "Sys.U:HelloA:"
+    assert plain.render(CHAT[:1]).text == DEFAULT_SYSTEM_PROMPT + "U:HelloA:"
+
+
 def test_from_template_without_template() -> None:
     with pytest.raises(BadRequest, match="no prompt template"):
         from_template(CHAT, ctx())
@@ -242,8 +275,6 @@ def test_llama2_chat_default_system_from_route_then_template() -> None:
         "From the route."
     )
     assert llama2_chat(CHAT[:1], ctx(template, entry={"default_system": ""})).text == "<s>[INST] Hello [/INST]"
-    with pytest.raises(GatewayError, match="default_system must be a string"):
-        llama2_chat(CHAT[:1], ctx(entry={"default_system": 3}))
 
 
 def test_llama2_chat_empty_system_message_keeps_the_block() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from mooltiproxy.sse import DONE, SSEDecoder, encode_data, encode_json
+from mooltiproxy.sse import DONE, SSEDecoder, encode_data
 
 # a TGI-like stream: CRLF and LF line ends, "data:" with and without the space, a keep-alive comment,
 # a multi-line event, an "event:" field, and multi-byte UTF-8 (2, 3 and 4 bytes)
@@ -101,12 +101,12 @@ def test_decoder_is_reusable_after_flush() -> None:
 
 
 def test_encoder() -> None:
-    assert encode_json({"a": "é", "b": None}) == b'data: {"a":"\xc3\xa9","b":null}\n\n'
+    assert encode_data(orjson.dumps({"a": "é", "b": None})) == b'data: {"a":"\xc3\xa9","b":null}\n\n'
     assert encode_data(b"[1]") == b"data: [1]\n\n"
     assert DONE == b"data: [DONE]\n\n"
 
 
 def test_encoder_round_trip() -> None:
     payloads = [{"x": "a\nb"}, {"y": [1, 2]}, {"z": "😀"}]
-    stream = b"".join(encode_json(p) for p in payloads) + DONE
+    stream = b"".join(encode_data(orjson.dumps(p)) for p in payloads) + DONE
     assert [orjson.loads(e) if e != "[DONE]" else e for e in decode([stream])] == [*payloads, "[DONE]"]

@@ -8,7 +8,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..errors import BadRequest
 from ..plugin import MappingContext
+from ._openai_values import read_stops, wants_usage
 
 __all__ = [
     "STATE_KEY",
@@ -107,6 +109,36 @@ class RequestState:
         self.include_usage = include_usage
         self.fingerprint = fingerprint
 
+    @classmethod
+    def new(
+        cls,
+        payload: Any,
+        ctx: MappingContext,
+        *,
+        chat: bool,
+        stops: Sequence[str],
+        slots: Sequence[Slot],
+        include_usage: bool,
+        prompts: Sequence[str] = (),
+        echo: bool = False,
+        logprobs: int | None = None,
+    ) -> RequestState:
+        """The state of a new request: a fresh id, the answered model name and the target's fingerprint."""
+        fingerprint = ctx.options.get("system_fingerprint")
+        return cls(
+            chat=chat,
+            id=new_id("chatcmpl-" if chat else "cmpl-"),
+            created=int(time.time()),
+            model=answered_model(payload, ctx),
+            stops=stops,
+            slots=slots,
+            prompts=prompts,
+            echo=echo,
+            logprobs=logprobs,
+            include_usage=include_usage,
+            fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        )
+
     @property
     def choices(self) -> int:
         return sum(slot.n for slot in self.slots)
@@ -127,19 +159,17 @@ def state_of(ctx: MappingContext, chat: bool, upstream_answers: int = 1) -> Requ
     if isinstance(state, RequestState):
         return state
     payload = ctx.payload if isinstance(ctx.payload, dict) else {}
-    stop = payload.get("stop")
-    stops = (
-        [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else []
-    )
-    options = payload.get("stream_options")
-    state = RequestState(
+    try:
+        stops = read_stops(payload.get("stop"))
+    except BadRequest:  # another request mapper accepted it: not ours to refuse now
+        stops = []
+    state = RequestState.new(
+        payload,
+        ctx,
         chat=chat,
-        id=new_id("chatcmpl-" if chat else "cmpl-"),
-        created=int(time.time()),
-        model=answered_model(payload, ctx),
-        stops=[s for s in stops if s],
+        stops=stops,
         slots=[Slot(0, i, 1) for i in range(max(upstream_answers, 1))],
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        include_usage=wants_usage(payload.get("stream_options")),
     )
     ctx.state[STATE_KEY] = state
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import BadRequest
@@ -12,6 +13,7 @@ __all__ = [
     "JSON_OBJECT_REGEX",
     "bad_type",
     "f32",
+    "join_stops",
     "option_int",
     "out_of_range",
     "read_flag",
@@ -20,6 +22,7 @@ __all__ = [
     "read_number",
     "read_stops",
     "reject_unknown",
+    "wants_usage",
 ]
 
 _F32 = struct.Struct("<f")
@@ -118,24 +121,45 @@ def reject_unknown(payload: dict[str, Any], known: frozenset[str]) -> None:
             raise BadRequest(f"'{key}' is not supported by this model", param=key)
 
 
-def read_stops(value: Any, limit: int) -> list[str]:
+def _unique(*groups: Iterable[str]) -> list[str]:
+    stops: list[str] = []
+    for group in groups:
+        for stop in group:
+            if stop and stop not in stops:
+                stops.append(stop)
+    return stops
+
+
+def read_stops(value: Any, limit: int | None = None) -> list[str]:
+    """The client's ``stop`` (a string or a list of strings), empty and repeated ones dropped; more than ``limit``
+    is a 400."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value else []
-    if not isinstance(value, list):
+        value = [value]
+    elif not isinstance(value, list):
         raise bad_type("stop", "a string or an array of strings", value)
-    stops: list[str] = []
     for item in value:
         if not isinstance(item, str):
             raise bad_type("stop", "a string or an array of strings", item)
-        if item and item not in stops:
-            stops.append(item)
-    if len(stops) > limit:
+    stops = _unique(value)
+    if limit is not None and len(stops) > limit:
         raise BadRequest(
             f"Invalid 'stop': at most {limit} stop sequences are supported, got {len(stops)}.", param="stop"
         )
     return stops
+
+
+def join_stops(first: Iterable[str], then: Iterable[str], limit: int) -> tuple[list[str], list[str]]:
+    """Every stop sequence of ``first`` and ``then`` (empty and repeated ones dropped), and the first ``limit`` of
+    them: the ones the model server is sent."""
+    stops = _unique(first, then)
+    return stops, stops[:limit]
+
+
+def wants_usage(options: Any) -> bool:
+    """``stream_options.include_usage`` is true."""
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def read_grammar(value: Any) -> dict[str, Any] | None:
@@ -146,17 +170,17 @@ def read_grammar(value: Any) -> dict[str, Any] | None:
     kind = value.get("type")
     if kind == "text":
         return None
-    if kind == "json_object":
-        return {"type": "regex", "value": JSON_OBJECT_REGEX}
-    if kind != "json_schema":
+    if kind not in ("json_object", "json_schema"):
         raise BadRequest(
             f"Invalid 'response_format.type': expected 'text', 'json_object' or 'json_schema', got {kind!r}.",
             param="response_format",
         )
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict):
-        raise bad_type("response_format.json_schema", "an object", spec)
-    schema = spec.get("schema")
+    schema = None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise bad_type("response_format.json_schema", "an object", spec)
+        schema = spec.get("schema")
     if schema is None:
         return {"type": "regex", "value": JSON_OBJECT_REGEX}
     if not isinstance(schema, dict):

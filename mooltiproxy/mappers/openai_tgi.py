@@ -8,7 +8,8 @@ faithful translation. The rules (TGI's limits come from the target options ``max
 * ``details: true`` always (finish reason, token counts and logprobs come from it);
 * ``temperature`` 0 (below 0.0001) or ``top_p`` 0 → greedy (``do_sample: false``, no sampling parameter);
   otherwise ``do_sample: true``, ``temperature`` when ≠ 1, ``top_p`` when < 1 (as TGI's 32-bit float);
-* ``stop`` (string or list, empty strings dropped) + the prompter's stops, at most ``max_stop_sequences``;
+* ``stop`` (string or list, empty strings dropped; more than ``max_stop_sequences`` → 400): TGI gets the
+  prompter's stops, then the client's, at most ``max_stop_sequences`` of them; the answer is cut on all of them;
 * ``max_completion_tokens`` / ``max_tokens`` → ``max_new_tokens`` (legacy default 16; 0 → 400);
 * ``seed`` ≥ 0 (negative → 400); ``frequency_penalty`` as is; ``presence_penalty`` p ≠ 0 →
   ``repetition_penalty = 2 ** (p / 2)`` (an approximation: TGI's penalty scales logits, OpenAI's subtracts);
@@ -29,16 +30,17 @@ faithful translation. The rules (TGI's limits come from the target options ``max
 
 from __future__ import annotations
 
-import time
 from typing import Any, NamedTuple
 
 from ..errors import BadRequest
 from ..plugin import Fanout, MappingContext
-from ._common import STATE_KEY, RequestState, Slot, answered_model, new_id
+from ..prompters.messages import check_messages
+from ._common import STATE_KEY, RequestState, Slot
 from ._openai_values import (
     JSON_OBJECT_REGEX,
     bad_type,
     f32,
+    join_stops,
     option_int,
     read_flag,
     read_grammar,
@@ -46,6 +48,7 @@ from ._openai_values import (
     read_number,
     read_stops,
     reject_unknown,
+    wants_usage,
 )
 
 __all__ = ["JSON_OBJECT_REGEX", "chat_request", "text_request"]
@@ -60,10 +63,11 @@ _COMMON = frozenset(
     {
         "model", "temperature", "top_p", "n", "stream", "stream_options", "stop", "max_tokens", "seed",
         "frequency_penalty", "presence_penalty", "logprobs", "top_k", "typical_p", "repetition_penalty", "truncate",
+        "response_format",
     }
 )  # fmt: skip
-_CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
-_TEXT_PARAMS = _COMMON | {"prompt", "best_of", "echo", "suffix", "response_format"}
+_CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
+_TEXT_PARAMS = _COMMON | {"prompt", "best_of", "echo", "suffix"}
 
 
 class _Parsed(NamedTuple):
@@ -87,12 +91,10 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
     if model is not None and not isinstance(model, str):
         raise bad_type("model", "a string", model)
     stream = read_flag(payload, "stream")
-    include_usage = False
     options = payload.get("stream_options")
-    if stream and options is not None:
-        if not isinstance(options, dict):
-            raise bad_type("stream_options", "an object", options)
-        include_usage = options.get("include_usage") is True
+    if stream and options is not None and not isinstance(options, dict):
+        raise bad_type("stream_options", "an object", options)
+    include_usage = stream and wants_usage(options)
 
     params: dict[str, Any] = {"details": True}
     n = read_integer(payload, "n", 1, 128) or 1
@@ -160,12 +162,12 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
     best_of = 1
     echo = False
     if not chat:
-        wanted = read_integer(payload, "best_of", 0, 20)
+        wanted = read_integer(payload, "best_of", 0, 20)  # 0: not given
+        if wanted and wanted < n:
+            raise BadRequest("Invalid 'best_of': best_of must be greater than or equal to n.", param="best_of")
         if wanted is not None and wanted > 1:
             if stream:
                 raise BadRequest("Invalid 'best_of': best_of cannot be used with stream.", param="best_of")
-            if wanted < n:
-                raise BadRequest("Invalid 'best_of': best_of must be greater than or equal to n.", param="best_of")
             if wanted > n and not greedy:  # greedy candidates would all be the same: one is enough
                 most = option_int(ctx, "max_best_of", 2)
                 if wanted > most:
@@ -217,11 +219,18 @@ def _stream_path(ctx: MappingContext) -> str:
 
 
 def _build(
-    payload: dict[str, Any], ctx: MappingContext, chat: bool, parsed: _Parsed, prompts: list[str], stops: list[str]
+    payload: dict[str, Any],
+    ctx: MappingContext,
+    chat: bool,
+    parsed: _Parsed,
+    prompts: list[str],
+    stops: list[str],
+    upstream_stops: list[str],
 ) -> dict[str, Any] | Fanout:
+    """``stops``: every stop sequence the answer is cut on; ``upstream_stops``: the ones sent to TGI."""
     params = parsed.params
-    if stops:
-        params["stop"] = stops
+    if upstream_stops:
+        params["stop"] = upstream_stops
     per_prompt = 1 if parsed.best_of > 1 else parsed.n
     total = per_prompt * len(prompts)
     most = option_int(ctx, "max_fanout", 128)
@@ -250,19 +259,16 @@ def _build(
     if parsed.stream:
         ctx.stream = True
         ctx.upstream_path = _stream_path(ctx)
-    fingerprint = ctx.options.get("system_fingerprint")
-    ctx.state[STATE_KEY] = RequestState(
+    ctx.state[STATE_KEY] = RequestState.new(
+        payload,
+        ctx,
         chat=chat,
-        id=new_id("chatcmpl-" if chat else "cmpl-"),
-        created=int(time.time()),
-        model=answered_model(payload, ctx),
         stops=stops,
         slots=slots,
         prompts=prompts if parsed.echo else (),
         echo=parsed.echo,
         logprobs=parsed.logprobs,
         include_usage=parsed.include_usage,
-        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
     )
     return requests[0] if len(requests) == 1 else Fanout(requests)
 
@@ -292,7 +298,7 @@ async def text_request(payload: Any, ctx: MappingContext) -> dict[str, Any] | Fa
         raise BadRequest("The request body must be a JSON object.")
     parsed = _parse(payload, ctx, chat=False)
     prompts = _prompts(payload.get("prompt"))
-    return _build(payload, ctx, False, parsed, prompts, parsed.stops)
+    return _build(payload, ctx, False, parsed, prompts, parsed.stops, parsed.stops)
 
 
 async def chat_request(payload: Any, ctx: MappingContext) -> dict[str, Any] | Fanout:
@@ -300,20 +306,10 @@ async def chat_request(payload: Any, ctx: MappingContext) -> dict[str, Any] | Fa
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.")
     parsed = _parse(payload, ctx, chat=True)
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("Invalid 'messages': expected a non-empty array of messages.", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"Invalid 'messages[{i}]': expected an object with a 'role'.", param=f"messages[{i}]")
-    prompt = await ctx.render(messages)
+    # checked once: the built-in prompters do not check the messages again
+    prompt = await ctx.render(check_messages(payload.get("messages")))
     if not prompt.text:
         raise BadRequest("Invalid 'messages': the rendered prompt is empty.", param="messages")
-    stops = parsed.stops
-    limit = option_int(ctx, "max_stop_sequences", 4)
-    for stop in prompt.stop:
-        if len(stops) >= limit:
-            break
-        if stop and stop not in stops:
-            stops.append(stop)
-    return _build(payload, ctx, True, parsed, [prompt.text], stops)
+    # the template's end-of-turn stops first: TGI must not lose them to the client's
+    stops, upstream = join_stops(prompt.stop, parsed.stops, option_int(ctx, "max_stop_sequences", 4))
+    return _build(payload, ctx, True, parsed, [prompt.text], stops, upstream)

@@ -140,7 +140,7 @@ class TGIAnswerMapper:
                     continue
                 if cut != -1 and offset >= cut:
                     break  # the rest is the stop sequence, which is not returned
-                builder.add(token, tops[t] if t < len(tops) else None, len(prefix) + offset)
+                builder.add(token, tops[t] if t < len(tops) else None, offset)  # echo with logprobs is refused
                 piece = token.get("text")
                 offset += len(piece) if isinstance(piece, str) else 0
             logprobs = builder.result()

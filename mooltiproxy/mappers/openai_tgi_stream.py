@@ -3,7 +3,8 @@
 Chunks go out as tokens arrive. The only text held back is the shortest tail that could still become a stop
 sequence (OpenAI never returns a stop sequence, TGI streams it token by token): when a stop sequence completes,
 the text before it goes out and the choice finishes with ``stop``; at the end of the generation the held tail
-is dropped (finish ``stop_sequence``) or sent (any other finish). Special tokens are not text.
+is sent, as the non-streamed answer keeps it (TGI can also finish with ``stop_sequence`` on a stop that was the
+text of a special token, which is not text here). Special tokens are not text.
 
 Chat: a ``{"role": "assistant", "content": ""}`` chunk together with the first content, content chunks, a
 ``delta: {}`` chunk carrying ``finish_reason``; legacy: ``text`` chunks, then ``text: ""`` + ``finish_reason``.
@@ -43,11 +44,13 @@ class _Choice:
         "received",
         "started",
         "stopped",
+        "stream",
         "tokens",
     )
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, stream: int, index: int) -> None:
         self.decoder = SSEDecoder()
+        self.stream = stream  # the index of the upstream stream
         self.index = index  # the OpenAI choice index
         self.started = False  # the first chunk of the choice went out
         self.stopped = False  # a stop sequence completed: the rest of the upstream stream is not text
@@ -123,7 +126,7 @@ class OpenAIStream:
         choice = self._choices.get(index)
         if choice is None:
             slots = self._state.slots
-            choice = self._choices[index] = _Choice(slots[index].choice if index < len(slots) else index)
+            choice = self._choices[index] = _Choice(index, slots[index].choice if index < len(slots) else index)
         return choice
 
     def _event(self, choice: _Choice, data: str, out: list[bytes]) -> None:
@@ -137,7 +140,7 @@ class OpenAIStream:
             raise UpstreamError("the model server sent an event that is not a JSON object")
         if event.get("error") is not None:
             replies = self._ctx.reply_headers
-            raise event_error(event, replies[-1] if replies else None, self._chat)
+            raise event_error(event, replies[choice.stream] if choice.stream < len(replies) else None, self._chat)
         token = event.get("token")
         if isinstance(token, dict):
             self._token(choice, token, event.get("top_tokens"), out)
@@ -186,8 +189,7 @@ class OpenAIStream:
                 choice.tokens = generated
         if choice.stopped:
             return
-        # finished on a stop sequence: the held tail is (the start of) it
-        self._release(choice, 0 if reason == "stop_sequence" else len(choice.held), out, last=True)
+        self._release(choice, len(choice.held), out, last=True)
         self._finish(choice, finish_reason(reason), out)
 
     # -- chunks
@@ -219,9 +221,8 @@ class OpenAIStream:
             return None
         top = self._state.logprobs or 0
         builder = ChatLogprobs(top) if self._chat else TextLogprobs(top)
-        prefix = self._prefix(choice)
-        for start, _end, token, tops in queue[:n]:
-            builder.add(token, tops, len(prefix) + start)
+        for start, _end, token, tops in queue[:n]:  # no echo prefix: echo with logprobs is refused
+            builder.add(token, tops, start)
         if last:
             queue.clear()
         else:
@@ -233,7 +234,7 @@ class OpenAIStream:
         if not state.echo:
             return ""
         slots = state.slots
-        prompt = slots[choice.index].prompt if choice.index < len(slots) else 0
+        prompt = slots[choice.stream].prompt if choice.stream < len(slots) else 0
         return state.prompts[prompt] if prompt < len(state.prompts) else ""
 
     def _start(self, choice: _Choice, out: list[bytes]) -> str:

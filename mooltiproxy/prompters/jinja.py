@@ -2,7 +2,8 @@
 
 The environment matches transformers 5.x: an immutable sandbox with ``trim_blocks``/``lstrip_blocks``, the loop
 controls extension and the ``{% generation %}`` tag, a ``tojson`` filter that is plain ``json.dumps``, and the
-``raise_exception``/``strftime_now`` globals. Templates are compiled once, when the object is built.
+``raise_exception``/``strftime_now`` globals. Templates are compiled, and their fixed variables gathered, once, when
+the object is built: ``derive`` makes a copy with other settings.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+def _check_reserved(kwargs: Mapping[str, Any] | None) -> None:
+    reserved = RESERVED_VARIABLES.intersection(kwargs or {})
+    if reserved:
+        raise ValueError(f"template variables set by the renderer cannot be given: {', '.join(sorted(reserved))}")
+
+
 def _compile(source: str, variant: str | None) -> jinja2.Template:
     try:
         return _environment().from_string(source)
@@ -121,9 +128,7 @@ class JinjaTemplate:
                 raise ValueError(f"no 'default' template among {', '.join(repr(k) for k in source) or 'none'}")
             self.sources = dict(source)
             self._compiled = {key: _compile(text, key) for key, text in source.items()}
-        reserved = RESERVED_VARIABLES.intersection(kwargs or {})
-        if reserved:
-            raise ValueError(f"template variables set by the renderer cannot be given: {', '.join(sorted(reserved))}")
+        _check_reserved(kwargs)
         self.name = name
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -133,6 +138,17 @@ class JinjaTemplate:
         self.kwargs: dict[str, Any] = dict(kwargs or {})
         self.add_generation_prompt = add_generation_prompt
         self.default_system = default_system
+        self._variables = self._base_variables()
+
+    def _base_variables(self) -> dict[str, Any]:
+        """The variables every rendering starts from: the special tokens that are set, then ``kwargs``."""
+        variables: dict[str, Any] = {}
+        if self.bos_token is not None:
+            variables["bos_token"] = self.bos_token
+        if self.eos_token is not None:
+            variables["eos_token"] = self.eos_token
+        variables.update(self.kwargs)
+        return variables
 
     def derive(
         self,
@@ -144,9 +160,7 @@ class JinjaTemplate:
         add_generation_prompt: bool | None = None,
     ) -> JinjaTemplate:
         """A copy sharing the compiled templates, with the given settings replaced (``kwargs`` are merged)."""
-        reserved = RESERVED_VARIABLES.intersection(kwargs or {})
-        if reserved:
-            raise ValueError(f"template variables set by the renderer cannot be given: {', '.join(sorted(reserved))}")
+        _check_reserved(kwargs)
         twin = object.__new__(JinjaTemplate)
         twin.__dict__.update(self.__dict__)
         twin.name = self.name if name is None else name
@@ -155,6 +169,7 @@ class JinjaTemplate:
         twin.default_system = self.default_system if default_system is None else default_system
         if add_generation_prompt is not None:
             twin.add_generation_prompt = add_generation_prompt
+        twin._variables = twin._base_variables()
         return twin
 
     def render(
@@ -176,13 +191,7 @@ class JinjaTemplate:
             compiled = self._compiled.get("default")
         if compiled is None:
             raise BadRequest(f"template '{self.name}' has no default template", param="messages")
-        variables: dict[str, Any] = {}
-        if self.bos_token is not None:
-            variables["bos_token"] = self.bos_token
-        if self.eos_token is not None:
-            variables["eos_token"] = self.eos_token
-        variables.update(self.kwargs)
-        variables.update(kwargs)
+        variables = {**self._variables, **kwargs}
         variables["messages"] = chat
         variables["tools"] = tool_list
         variables["documents"] = list(documents) if documents is not None else None

@@ -7,14 +7,24 @@ from typing import Any
 
 from ..errors import BadRequest
 
-__all__ = ["check_messages", "check_tools", "flatten_content", "for_jinja"]
+__all__ = ["CheckedMessages", "check_messages", "check_tools", "flatten_content", "for_jinja"]
 
 # transformers 5.x copies these reasoning fields to each other, so a template reading any one of them sees the text
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
-def check_messages(messages: Any) -> Sequence[Mapping[str, Any]]:
-    """Refuse anything but a non-empty list of objects that each have a string ``role``."""
+class CheckedMessages(list[dict[str, Any]]):
+    """A message list ``check_messages`` accepted: checking it again returns it as it is."""
+
+    __slots__ = ()
+
+
+def check_messages(messages: Any) -> CheckedMessages:
+    """Refuse anything but a non-empty list of objects that each have a string ``role`` and, as ``content``, a
+    string, null or no value (an assistant message with tool calls) or a list of content parts (which are checked
+    when the content is flattened). A list this returned is not checked again."""
+    if type(messages) is CheckedMessages:
+        return messages
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise BadRequest("'messages' must be a list of message objects", param="messages")
     if not messages:
@@ -24,7 +34,10 @@ def check_messages(messages: Any) -> Sequence[Mapping[str, Any]]:
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
         if not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}].role must be a string", param="messages")
-    return messages
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string or a list of text parts", param="messages")
+    return CheckedMessages(messages)
 
 
 def check_tools(tools: Any) -> list[Mapping[str, Any]] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import BadRequest, GatewayError
+from ..errors import BadRequest
 from ..plugin import MappingContext, Prompt
 from .messages import check_messages, flatten_content
 
@@ -43,12 +43,7 @@ def _plain(messages: Any, who: str) -> list[tuple[str, str]]:
             )
         if message.get("tool_calls"):
             raise BadRequest(f"messages[{i}]: tool calls cannot be rendered by {who}", param="messages")
-        content = flatten_content(message.get("content"), i)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of text parts", param="messages")
-        plain.append((role, content))
+        plain.append((role, flatten_content(message.get("content"), i) or ""))
     return plain
 
 
@@ -72,11 +67,21 @@ class RoleTemplate:
         self.preprompt = preprompt
         self.start = start
         self.separators = {"system": system, "user": user, "assistant": assistant}
-        self.default_system = default_system
+        self.default_system = default_system  # also sets the system text used
         if stop is None or isinstance(stop, str):
             stop = [user if stop is None else stop]
         # an empty stop string would end every generation at once
         self.stop: list[str] = [s for s in stop if s]
+
+    @property
+    def default_system(self) -> str | None:
+        """The configured default system prompt (None: the built-in one, ``""``: none)."""
+        return self._default_system
+
+    @default_system.setter
+    def default_system(self, value: str | None) -> None:
+        self._default_system = value
+        self._system = DEFAULT_SYSTEM_PROMPT if value is None else value
 
     def __getitem__(self, key: str) -> str:
         """The original configs were plain mappings: ``template["user"]`` keeps working."""
@@ -100,8 +105,7 @@ class RoleTemplate:
             parts = [self.preprompt, plain[0][1], self.start]
             rest = plain[1:]
         else:
-            default = DEFAULT_SYSTEM_PROMPT if self.default_system is None else self.default_system
-            parts = [self.preprompt, default, self.start]
+            parts = [self.preprompt, self._system, self.start]
             rest = plain
         for role, content in rest:
             parts.append(self.separators[role])
@@ -117,14 +121,10 @@ _BOS, _EOS = "<s>", "</s>"
 
 
 def _llama2_default_system(ctx: MappingContext) -> str:
-    value = ctx.entry.get("default_system")
+    value: str | None = ctx.entry.get("default_system")  # the config schema makes it a string
     if value is None:
         value = getattr(ctx.template, "default_system", None)
-    if value is None:
-        return DEFAULT_SYSTEM_PROMPT
-    if not isinstance(value, str):
-        raise GatewayError("the route's default_system must be a string")
-    return value
+    return DEFAULT_SYSTEM_PROMPT if value is None else value
 
 
 def llama2_chat(messages: list[dict[str, Any]], ctx: MappingContext) -> Prompt:
