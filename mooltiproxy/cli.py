@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     config_help = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
 
     serve = sub.add_parser(
-        "serve", help="run the gateway (the demo when no config file exists)", description="Run the gateway."
+        "serve",
+        help="run the gateway (the demo when no config file exists)",
+        description="Run the gateway; with no config file (and no --config), run the demo.",
     )
     serve.add_argument("--config", type=Path, help=config_help)
     serve.add_argument("--host", help="address to listen on (default: system.host, 127.0.0.1)")

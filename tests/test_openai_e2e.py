@@ -212,3 +212,31 @@ def test_tgi_client_through_pass_through(gw: Gateway) -> None:
     assert tgi.generate("<<say:native>>", max_new_tokens=5).generated_text == "native"
     tokens = [r.token.text for r in tgi.generate_stream("<<say:also native>>", max_new_tokens=5) if not r.token.special]
     assert "".join(tokens) == "also native"
+
+
+def test_response_formats_become_grammars_tgi_accepts(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    for response_format in (
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        {"type": "text"},
+    ):
+        answer = client.chat.completions.create(
+            model="m",
+            messages=say('{"city": "Paris"}'),
+            response_format=response_format,  # type: ignore[arg-type]
+        )
+        assert answer.choices[0].message.content == '{"city": "Paris"}'
+    with pytest.raises(openai.BadRequestError) as info:  # TGI needs top-level properties: refused clearly, by us
+        client.chat.completions.create(
+            model="m",
+            messages=say("x"),
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string"}}},
+        )
+    assert info.value.param == "response_format"
+
+
+def test_legacy_best_of_picks_among_candidates(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="m", prompt="<<say:best>>", max_tokens=5, best_of=2, temperature=0.8)
+    assert [c.text for c in answer.choices] == ["best"]
+    assert answer.usage is not None and answer.usage.completion_tokens == 4  # both candidates are counted
