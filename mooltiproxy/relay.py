@@ -122,8 +122,10 @@ async def relay_stream(
             out = await _start(request, exchange, translator.content_type)
         await out.write_eof()
         return out
-    except (ConnectionError, asyncio.CancelledError):
-        raise  # the client went away: nothing left to tell it
+    except ConnectionError:
+        if out is None:
+            raise
+        return out  # the client went away mid-stream: nothing left to tell it (``finally`` stops the upstream)
     except Exception as exc:
         if out is None:
             raise
