@@ -240,3 +240,29 @@ def test_legacy_best_of_picks_among_candidates(client: openai.OpenAI) -> None:
     answer = client.completions.create(model="m", prompt="<<say:best>>", max_tokens=5, best_of=2, temperature=0.8)
     assert [c.text for c in answer.choices] == ["best"]
     assert answer.usage is not None and answer.usage.completion_tokens == 4  # both candidates are counted
+
+
+def test_the_original_config_works_end_to_end(gateway: Any, tgi: str) -> None:
+    """The original template's TGI targets (llama2_chat, HumanResponse, FalconInstruct), pointed at the simulator."""
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parent / "data" / "original_config.yaml").read_text())
+    for name in ("runpod1", "target1", "target2"):
+        config["targets"][name]["url"] = tgi
+    gw = gateway(config, env={"YOUR_OPENAI_API_KEY_ENVIRONMENT_VARIABLE_NAME": "unused"})
+    client = openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0)
+    for name in ("runpod1", "target1", "target2"):
+        chat = client.chat.completions.create(
+            model="m", messages=say("legacy works"), extra_headers={"target": name}, stream=name == "target1"
+        )
+        if isinstance(chat, openai.Stream):
+            text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+        else:
+            text = chat.choices[0].message.content or ""
+        assert text == "legacy works", name
+        legacy = client.completions.create(model="m", prompt="<<say:ok>>", extra_headers={"target": name})
+        assert legacy.choices[0].text == "ok"
+    info = request("GET", gw.url + "/info", headers=gw.headers(target="runpod1"))
+    assert info.json()["model_id"] == "simulated/tgi-model"  # the original pass-through routes too
