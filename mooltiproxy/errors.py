@@ -15,6 +15,9 @@ so one function renders them all as ``{"error": {"message", "type", "param", "co
     - UpstreamTimeout           504 timeout
     - UpstreamStatus            any status an upstream error is translated to (e.g. 422, 429, 424)
 
+On Anthropic routes the same errors are rendered in Anthropic's shape, ``{"type": "error", "error": {"type",
+"message"}}``, with the Anthropic error type that matches the status (``anthropic_json``).
+
 ``ConfigError`` is not an HTTP error: it lists every problem found in a config file, each with its YAML path.
 """
 
@@ -38,7 +41,28 @@ __all__ = [
     "UpstreamError",
     "UpstreamStatus",
     "UpstreamTimeout",
+    "anthropic_type",
 ]
+
+#: Anthropic's error type for each status it documents; other 4xx are invalid requests, other 5xx API errors
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_type(status: int) -> str:
+    """The Anthropic ``error.type`` for an HTTP status."""
+    known = _ANTHROPIC_TYPES.get(status)
+    if known is not None:
+        return known
+    return "invalid_request_error" if status < 500 else "api_error"
 
 
 class GatewayError(Exception):
@@ -74,6 +98,12 @@ class GatewayError(Exception):
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.body())
+
+    def anthropic_body(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": anthropic_type(self.status), "message": self.message}}
+
+    def anthropic_json(self) -> bytes:
+        return orjson.dumps(self.anthropic_body())
 
 
 class BadRequest(GatewayError):
