@@ -100,7 +100,7 @@ def test_missing_master_key_default_target_and_sections() -> None:
     assert any(p.startswith("system.masterkey: no master key: set the MOOLTIPROXY_KEY") for p in problems)
     assert any(p.startswith("targets.default: required") for p in problems)
     problems = problems_of({"targets": {"default": "b", "a": {"url": "http://x"}}})
-    assert "targets.a.mapping: Field required" in problems
+    assert "targets.a.mapping: required: the paths this target exposes (or 'api: openai')" in problems
     assert "targets.default: 'b' is not a target (targets: a)" in problems
     assert problems_of(
         {"system": {"masterkey": "short"}, "targets": {"default": "a", "a": {"url": "http://x", "mapping": {}}}}, env={}

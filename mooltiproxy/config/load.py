@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from .. import registry
-from ..errors import ConfigError, GatewayError
+from ..errors import ConfigError
 from ..plugin import Template
-from .model import IPNetwork, Route, Settings, Target
-from .schema import CerbereSection, MappingEntry, SystemSection, TargetSection
+from .model import IPNetwork, Settings
+from .problems import Problems
+from .schema import CerbereSection, SystemSection
+from .targets import model_index, resolve_targets
 
 __all__ = ["build_settings", "load_config", "read_config_file"]
 
@@ -52,36 +52,15 @@ def load_config(path: Path, env: Mapping[str, str]) -> Settings:
     return build_settings(raw, env, base_dir=path.parent, source=str(path))
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}" if where else message)
-
-    def model(self, cls: type[BaseModel], data: Any, where: str) -> Any:
-        """Validate ``data`` as ``cls``; record every error with its path and return None on failure."""
-        try:
-            return cls.model_validate(data if data is not None else {})
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join([where, *(str(p) for p in err["loc"])]) if err["loc"] else where
-                message = err["msg"]
-                if err["type"] == "extra_forbidden":
-                    message = "unknown key"
-                self.add(loc, message)
-            return None
-
-
 def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path, source: str) -> Settings:
-    problems = _Problems()
+    problems = Problems()
     for key in raw:
         if key not in _SECTIONS:
             problems.add(str(key), f"unknown section (expected one of: {', '.join(_SECTIONS)})")
     system: SystemSection | None = problems.model(SystemSection, raw.get("system"), "system")
     cerbere: CerbereSection | None = problems.model(CerbereSection, raw.get("cerbere"), "cerbere")
     templates = _templates(raw.get("templates"), base_dir, problems)
-    targets, default = _targets(raw.get("targets"), env, templates, problems, system)
+    targets, default = resolve_targets(raw.get("targets"), env, templates, problems, system)
 
     warnings: list[str] = []
     master_key = env.get(KEY_ENV) or None
@@ -130,6 +109,7 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
         key_from_file=key_from_file,
         source=source,
         warnings=tuple(warnings),
+        model_index=model_index(targets),
     )
 
 
@@ -140,7 +120,7 @@ def _raw_list(raw: Mapping[str, Any], section: str, key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _networks(values: list[Any], where: str, problems: _Problems) -> tuple[IPNetwork, ...]:
+def _networks(values: list[Any], where: str, problems: Problems) -> tuple[IPNetwork, ...]:
     out: list[IPNetwork] = []
     for i, value in enumerate(values):
         try:
@@ -150,7 +130,7 @@ def _networks(values: list[Any], where: str, problems: _Problems) -> tuple[IPNet
     return tuple(out)
 
 
-def _templates(raw: Any, base_dir: Path, problems: _Problems) -> dict[str, Template]:
+def _templates(raw: Any, base_dir: Path, problems: Problems) -> dict[str, Template]:
     from ..prompters import TemplateSpecError, build_template
 
     if raw is None:
@@ -170,138 +150,3 @@ def _templates(raw: Any, base_dir: Path, problems: _Problems) -> dict[str, Templ
             for sub, message in exc.problems:
                 problems.add(f"{where}.{sub}" if sub else where, message)
     return out
-
-
-def _targets(
-    raw: Any,
-    env: Mapping[str, str],
-    templates: dict[str, Template],
-    problems: _Problems,
-    system: SystemSection | None,
-) -> tuple[dict[str, Target], str | None]:
-    if not isinstance(raw, dict) or not raw:
-        problems.add("targets", "must be a mapping with a 'default' name and at least one target")
-        return {}, None
-    default = raw.get("default")
-    targets: dict[str, Target] = {}
-    for name, spec in raw.items():
-        if name == "default":
-            continue
-        target = _target(str(name), spec, env, templates, problems, system)
-        if target is not None:
-            targets[str(name)] = target
-    names = [str(n) for n in raw if n != "default"]
-    if not isinstance(default, str) or not default:
-        problems.add("targets.default", "required: the name of the target used when a request names none")
-        return targets, None
-    if default not in names:
-        problems.add("targets.default", f"'{default}' is not a target (targets: {', '.join(names) or 'none'})")
-        return targets, None
-    return targets, default
-
-
-def _target(
-    name: str,
-    spec: Any,
-    env: Mapping[str, str],
-    templates: dict[str, Template],
-    problems: _Problems,
-    system: SystemSection | None,
-) -> Target | None:
-    where = f"targets.{name}"
-    if not isinstance(spec, dict):
-        problems.add(where, "must be a mapping with at least 'url' and 'mapping'")
-        return None
-    section: TargetSection | None = problems.model(TargetSection, spec, where)
-    if section is None:
-        return None
-    url = section.url.rstrip("/")
-    if not (url.startswith(("http://", "https://"))):
-        problems.add(f"{where}.url", f"'{section.url}' must start with http:// or https://")
-    api_key = section.key
-    if api_key is None and section.envkey:
-        api_key = env.get(section.envkey)
-        if not api_key:
-            problems.add(f"{where}.envkey", f"the environment variable '{section.envkey}' is not set")
-    routes: dict[str, Route] = {}
-    for inbound, entry in section.mapping.items():
-        route = _route(str(inbound), entry, templates, problems, f"{where}.mapping.{inbound}")
-        if route is not None:
-            routes[route.inbound] = route
-    options = section.model_dump(exclude={"url", "key", "envkey", "mapping", "preserveMethod", "timeout"})
-    return Target(
-        name=name,
-        url=url,
-        api_key=api_key,
-        preserve_method=section.preserveMethod,
-        timeout=section.timeout or (system.timeout if system else 30.0),
-        options=options,
-        routes=routes,
-    )
-
-
-def _route(inbound: str, raw: Any, templates: dict[str, Template], problems: _Problems, where: str) -> Route | None:
-    if not inbound.startswith("/"):
-        problems.add(where, "a mapped path must start with '/'")
-        return None
-    if raw is None:
-        entry = MappingEntry()
-    elif isinstance(raw, str):
-        entry = MappingEntry(path=raw)
-    elif isinstance(raw, dict):
-        parsed: MappingEntry | None = problems.model(MappingEntry, raw, where)
-        if parsed is None:
-            return None
-        entry = parsed
-    else:
-        problems.add(where, "must be empty, a path, or a mapping (path, in, out, prompter, template, methods)")
-        return None
-    upstream = entry.path if entry.path is not None else inbound
-    if not upstream.startswith("/"):
-        problems.add(f"{where}.path", f"'{upstream}' must start with '/'")
-
-    def plugin(kind: str, key: str, value: str | None, table: dict[str, str]) -> Any:
-        if value is None:
-            return None
-        try:
-            return registry.resolve(value, table, kind)
-        except registry.ImportFromStringError as exc:
-            problems.add(f"{where}.{key}", str(exc))
-            return None
-
-    request_mapper = plugin("mapper", "in", entry.in_, registry.MAPPERS)
-    answer_mapper = plugin("mapper", "out", entry.out, registry.MAPPERS)
-    prompter_name = entry.prompter
-    if prompter_name is None and entry.template is not None:
-        prompter_name = "fromTemplate"
-    prompter = plugin("prompter", "prompter", prompter_name, registry.PROMPTERS)
-    template = None
-    if entry.template is not None:
-        template = templates.get(entry.template)
-        if template is None:
-            from ..prompters import builtin_template
-
-            template = builtin_template(entry.template)
-        if template is None:
-            known = ", ".join(sorted(templates)) or "none defined"
-            problems.add(f"{where}.template", f"unknown template '{entry.template}' (templates: {known})")
-        elif entry.default_system is not None:
-            from ..prompters import with_default_system
-
-            template = with_default_system(template, entry.default_system)
-            try:  # tried now, so a template that refuses a system prompt stops the boot, not a request
-                template.render([{"role": "user", "content": "Hello"}])
-            except GatewayError as exc:
-                problems.add(f"{where}.default_system", f"template '{entry.template}' refuses it: {exc.message}")
-    elif prompter_name == "fromTemplate":
-        problems.add(f"{where}.template", "the fromTemplate prompter needs a template")
-    return Route(
-        inbound=inbound,
-        upstream_path=upstream,
-        methods=frozenset(entry.methods) if entry.methods else None,
-        request_mapper=request_mapper,
-        answer_mapper=answer_mapper,
-        prompter=prompter,
-        template=template,
-        entry=entry.model_dump(by_alias=True, exclude_none=True),
-    )

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..plugin import AnswerMapper, MappingContext, PrompterFn, RequestMapper, Template
 
-__all__ = ["IPNetwork", "Route", "Settings", "Target"]
+__all__ = ["Cooldown", "HealthCheck", "IPNetwork", "ReplicaSpec", "Route", "Settings", "Target"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -46,14 +46,44 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ReplicaSpec:
+    url: str  # base URL without trailing slash
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    failures: int = 3
+    seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
-    url: str  # base URL without trailing slash
+    url: str  # base URL of the first replica, without trailing slash
     api_key: str | None
     preserve_method: bool
     timeout: float
     options: dict[str, Any]
     routes: dict[str, Route]
+    api: str | None = None
+    replicas: tuple[ReplicaSpec, ...] = ()
+    balance: str = "round_robin"
+    #: client model name -> name sent upstream (the same when not rewritten); empty: any model
+    models: dict[str, str] = field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+    retries: int = 2
+    max_retry_wait: float = 5.0
+    connect_timeout: float = 3.0
+    cooldown: Cooldown = Cooldown()
+    health: HealthCheck | None = None
 
     def find(self, path: str) -> Route | None:
         """The route for ``path``; a ``/v1`` prefix is optional when only the bare path is mapped."""
@@ -86,6 +116,8 @@ class Settings:
     key_from_file: bool = False
     source: str = "config"
     warnings: tuple[str, ...] = field(default=())
+    #: model name -> target serving it, from the targets' ``models``
+    model_index: dict[str, str] = field(default_factory=dict)
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CerbereSection", "MappingEntry", "SystemSection", "TargetSection"]
+__all__ = [
+    "CerbereSection",
+    "CooldownSection",
+    "HealthSection",
+    "MappingEntry",
+    "ReplicaSection",
+    "SystemSection",
+    "TargetSection",
+]
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -28,6 +36,8 @@ class SystemSection(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     #: seconds; bounds the upstream connect and every read (between chunks for streams)
     timeout: float = Field(default=30, gt=0)
+    #: seconds allowed to open a connection to a target (a dead replica costs no more than this)
+    connect_timeout: float = Field(default=3, gt=0)
     masterkey: str | None = None
     #: proxies whose X-Forwarded-For header is believed (addresses or CIDR ranges)
     trusted_proxies: list[str] = []
@@ -59,8 +69,47 @@ class MappingEntry(_Strict):
     default_system: str | None = None
 
 
-class TargetSection(_Strict):
+class ReplicaSection(_Strict):
     url: str
+    #: share of the requests, relative to the other replicas' weights
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+class CooldownSection(_Strict):
+    #: failed answers (429, 502, 503, 504) in a row that take a replica out; a refused connection takes it out at once
+    failures: int = Field(default=3, ge=1)
+    #: seconds a replica stays out before it is tried again
+    seconds: float = Field(default=10, gt=0)
+
+
+class HealthSection(_Strict):
+    #: path on the replica's server (not under the base URL's path), e.g. /health for vLLM, llama.cpp and TGI
+    path: str = "/health"
+    #: seconds between checks
+    interval: float = Field(default=5, gt=0)
+    #: seconds one check may take
+    timeout: float = Field(default=2, gt=0)
+
+
+class TargetSection(_Strict):
+    #: ``openai``: an OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI's Messages API); its ``url`` is the
+    #: OpenAI base URL (with ``/v1``) and ``mapping`` defaults to the OpenAI endpoints passed through
+    api: Literal["openai"] | None = None
+    url: str | None = None
+    #: several servers behind one target, balanced (instead of ``url``)
+    replicas: list[str | ReplicaSection] | None = None
+    balance: Literal["round_robin", "least_inflight"] = "round_robin"
+    #: the model names that route a request to this target (a name, or ``{client name: name sent upstream}``)
+    models: list[str | dict[str, str]] | dict[str, str | None] | None = None
+    #: targets tried, in order, when every replica of this one failed before the answer started
+    fallbacks: list[str] = []
+    #: further attempts on other replicas (or the same one after its Retry-After) before falling back
+    retries: int = Field(default=2, ge=0, le=10)
+    #: longest Retry-After the gateway waits for before retrying; a longer one goes back to the client
+    max_retry_wait: float = Field(default=5, ge=0)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    cooldown: CooldownSection = CooldownSection()
+    health: HealthSection | None = None
     key: str | None = None
     envkey: str | None = None
     preserveMethod: bool = False
@@ -77,4 +126,5 @@ class TargetSection(_Strict):
     max_fanout: int = Field(default=128, ge=1)
     #: ``system_fingerprint`` answered to clients (default: none)
     system_fingerprint: str | None = None
-    mapping: dict[str, Any]
+    #: exposed paths; optional with ``api: openai``
+    mapping: dict[str, Any] | None = None
