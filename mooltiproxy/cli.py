@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .config import Settings, load_config
+from .config import Settings, Target, load_config
 from .errors import ConfigError, GatewayError
 
 __all__ = ["main"]
@@ -99,7 +99,14 @@ def summary(settings: Settings) -> str:
     for warning in settings.warnings:
         lines.append(f"warning: {warning}")
     for target in settings.targets.values():
-        lines.append(f"target {target.name}: {target.url}")
+        kind = f" [api: {target.api}]" if target.api else ""
+        lines.append(f"target {target.name}{kind}: {_replicas(target)}")
+        if len(target.replicas) > 1:
+            lines.append(f"  balance={target.balance} retries={target.retries}")
+        if target.fallbacks:
+            lines.append(f"  fallbacks: {', '.join(target.fallbacks)}")
+        if target.health is not None:
+            lines.append(f"  health: GET {target.health.path} every {target.health.interval:g} s")
         for route in target.routes.values():
             parts = [f"  {route.inbound} -> {route.upstream_path}"]
             for key in ("in", "out", "prompter", "template"):
@@ -108,7 +115,21 @@ def summary(settings: Settings) -> str:
             if route.methods:
                 parts.append(f"methods={','.join(sorted(route.methods))}")
             lines.append(" ".join(parts))
+    if settings.model_index:
+        lines.append("models:")
+        for model, name in settings.model_index.items():
+            target = settings.targets[name]
+            upstream = target.models[model]
+            sent = f" (sent as '{upstream}')" if upstream != model else ""
+            lines.append(f"  {model}{sent} -> {name} -> {_replicas(target)}")
+        default = settings.targets[settings.default_target]
+        if not default.models:
+            lines.append(f"  any other model -> {default.name}")
     return "\n".join(lines)
+
+
+def _replicas(target: Target) -> str:
+    return ", ".join(r.url + (f" (weight {r.weight})" if r.weight != 1 else "") for r in target.replicas)
 
 
 def serve(settings: Settings, host: str | None, port: int | None) -> int:
@@ -125,7 +146,7 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
         return [runner]
 
     def announce() -> None:
-        targets = ", ".join(f"{n} ({t.url})" for n, t in settings.targets.items())
+        targets = ", ".join(f"{n} ({_replicas(t)})" for n, t in settings.targets.items())
         print(f"mooltiproxy listening on {address[0]}, targets: {targets}", flush=True)
 
     try:

@@ -86,9 +86,15 @@ class Guard:
         if _contains(self.blacklist, ip):
             raise Forbidden("this address is not allowed", code="blacklisted")
 
-    def check(self, ip: str, authorization: str | None) -> None:
-        """Raise ``Forbidden`` or ``Unauthorized``, or return when the caller may go on."""
+    def check(self, ip: str, authorization: str | None, api_key: str | None = None) -> None:
+        """Raise ``Forbidden`` or ``Unauthorized``, or return when the caller may go on.
+
+        The key is ``Authorization: Bearer <key>``, or, without that header, ``x-api-key: <key>`` (as the
+        Anthropic SDK sends it).
+        """
         self.check_address(ip)
+        if not authorization and api_key:
+            authorization = f"Bearer {api_key}"
         given = (authorization or "").strip().encode("utf-8", "surrogateescape")
         # The scheme is case-insensitive; the key is compared in constant time.
         if given[:7].lower() == b"bearer ":
@@ -100,7 +106,7 @@ class Guard:
         self._fail(ip)
         if authorization:
             raise Unauthorized("Incorrect API key provided.")
-        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
 
     def _fail(self, ip: str) -> None:
         if _contains(self.whitelist, ip):

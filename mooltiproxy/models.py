@@ -1,7 +1,8 @@
-"""``GET /models``: an OpenAI model list built from the targets, when the chosen target does not map it.
+"""``GET /models``: an OpenAI model list built from the targets.
 
-A target's model is its configured ``model``, else the ``model_id`` of its TGI ``/info`` (fetched once, then
-cached), else the target's name.
+Answered when the chosen target does not map the path, and always (without a ``target`` header) when targets
+route by model: the list is then every routable model. A target's models are its ``models:`` names, else its
+configured ``model``, else the ``model_id`` of its TGI ``/info`` (fetched once, then cached), else its name.
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ class ModelList:
 
     async def listing(self, only: str | None) -> list[dict[str, Any]]:
         names = [only] if only else list(self.settings.targets)
-        models = await asyncio.gather(*(self.model_of(n) for n in names))
+        looked_up = [n for n in names if not self.settings.targets[n].models]
+        found = dict(zip(looked_up, await asyncio.gather(*(self.model_of(n) for n in looked_up)), strict=True))
         seen: dict[str, dict[str, Any]] = {}
-        for name, model in zip(names, models, strict=False):
-            seen.setdefault(model, {"id": model, "object": "model", "created": self.created, "owned_by": name})
+        for name in names:
+            for model in self.settings.targets[name].models or [found[name]]:
+                seen.setdefault(model, {"id": model, "object": "model", "created": self.created, "owned_by": name})
         return list(seen.values())
 
     @staticmethod

@@ -25,9 +25,10 @@ from .errors import BadRequest, GatewayError, UnsupportedMediaType, UpstreamErro
 from .plugin import Fanout, MappingContext
 from .redact import Redactor
 from .relay import Exchange, call_mapper, relay_stream, upstream_failure
+from .routing import is_json
 from .upstream import HOP_BY_HOP, Upstream, decode_body
 
-__all__ = ["Exchange", "forward", "is_json"]
+__all__ = ["Exchange", "forward"]
 
 log = logging.getLogger("mooltiproxy")
 debug_log = logging.getLogger("mooltiproxy.debug")
@@ -36,14 +37,6 @@ debug_log = logging.getLogger("mooltiproxy.debug")
 _DROP_REQUEST = HOP_BY_HOP | {"host", "authorization", "target", "content-length", "content-encoding", "expect"}
 #: answer headers recomputed, or the gateway's own to set (CORS follows ``system.cors``, not the target)
 _DROP_ANSWER = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
-
-
-def is_json(content_type: str | None) -> bool:
-    """``application/json``, ``application/x+json``, parameters allowed (``; charset=utf-8``)."""
-    if not content_type:
-        return False
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
 def _encode(value: Any, error: type[GatewayError], what: str) -> bytes:
@@ -83,8 +76,15 @@ def _answer_headers(upstream: Mapping[str, str], keep_encoding: bool) -> CIMulti
 
 
 async def forward(
-    request: web.Request, exchange: Exchange, target: Target, route: Route, client: Upstream, redactor: Redactor | None
+    request: web.Request,
+    exchange: Exchange,
+    target: Target,
+    route: Route,
+    client: Upstream,
+    redactor: Redactor | None,
 ) -> web.StreamResponse:
+    """Serve ``exchange`` through ``route``; with ``exchange.final`` false, upstream failures raise ``Unavailable``
+    for a fallback target to take over."""
     ctx = route.context(target, exchange.method)
     payload: Any = None
     parse = route.translates and bool(exchange.body)
@@ -93,10 +93,12 @@ async def forward(
     if parse:
         if not is_json(exchange.headers.get("Content-Type")):
             raise UnsupportedMediaType("this endpoint expects a JSON body: send 'Content-Type: application/json'")
-        try:
-            payload = orjson.loads(exchange.body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        payload = exchange.payload
+        if payload is None:
+            try:
+                payload = orjson.loads(exchange.body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
         ctx.payload = payload
     bodies: list[bytes | None] = [exchange.body or None]
     fanout = False
@@ -135,7 +137,9 @@ async def _single(
     redactor: Redactor | None,
 ) -> web.StreamResponse:
     started = time.perf_counter()
-    async with client.request(exchange.method, ctx.upstream_path, exchange.query, headers, body) as resp:
+    async with client.request(
+        exchange.method, ctx.upstream_path, exchange.query, headers, body, final=exchange.final
+    ) as resp:
         if answer is None or (resp.status >= 300 and not hasattr(answer, "error")):
             return await _pass_through(request, exchange, resp, started)
         data = decode_body(await resp.read(), resp.headers)
@@ -206,7 +210,9 @@ async def _fanout(
     started = time.perf_counter()
 
     async def one(body: bytes | None) -> tuple[Mapping[str, str], bytes]:
-        async with client.request(exchange.method, ctx.upstream_path, exchange.query, headers, body) as r:
+        async with client.request(
+            exchange.method, ctx.upstream_path, exchange.query, headers, body, final=exchange.final
+        ) as r:
             data = decode_body(await r.read(), r.headers)
         if r.status >= 300:
             raise upstream_failure(r.status, data, ctx, answer)

@@ -12,8 +12,10 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -33,7 +35,7 @@ QUEUE_SIZE = 8
 class Exchange:
     """What ``forward`` needs to know about the inbound request, and what it reports back for the access log."""
 
-    __slots__ = ("body", "headers", "method", "path", "query", "started", "upstream_seconds")
+    __slots__ = ("body", "final", "headers", "method", "path", "payload", "query", "started", "upstream_seconds")
 
     def __init__(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> None:
         self.method = method
@@ -41,9 +43,19 @@ class Exchange:
         self.query = query
         self.headers = headers
         self.body = body
+        #: the body, already parsed as JSON for routing (None: not parsed)
+        self.payload: Any = None
+        #: no fallback target comes after this one: upstream failures are answered, not raised as ``Unavailable``
+        self.final = True
         #: a response has been sent to the client: no other may follow on this connection
         self.started = False
         self.upstream_seconds = 0.0
+
+    def send(
+        self, client: Upstream, path: str, headers: CIMultiDict[str], body: bytes | None
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """This request's method and query string, sent to ``client`` at ``path``."""
+        return client.request(self.method, path, self.query, headers, body, final=self.final)
 
 
 async def call_mapper(fn: Any, payload: Any, ctx: MappingContext) -> Any:
@@ -86,7 +98,9 @@ async def relay_stream(
 
     async def pump(index: int, body: bytes | None) -> None:
         try:
-            async with client.request(exchange.method, ctx.upstream_path, exchange.query, headers, body) as r:
+            async with client.request(
+                exchange.method, ctx.upstream_path, exchange.query, headers, body, final=exchange.final
+            ) as r:
                 ctx.reply_headers[index] = r.headers
                 if r.status >= 300:
                     raise upstream_failure(r.status, decode_body(await r.read(), r.headers), ctx, answer)

@@ -7,21 +7,25 @@ short (see ``proxy``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from .config.model import Settings, Target
-from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .config.model import Settings
+from .errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from .guard import Guard
+from .health import watch
 from .models import ModelList
 from .proxy import Exchange, forward
 from .redact import Redactor
 from .relay import internal_error
-from .upstream import Upstream
+from .routing import model_of, parse_json, pick_target, renamed, routes
+from .upstream import Unavailable, Upstream
 
 __all__ = ["HEALTH_PATH", "create_app"]
 
@@ -29,6 +33,7 @@ access_log = logging.getLogger("mooltiproxy.access")
 log = logging.getLogger("mooltiproxy")
 
 HEALTH_PATH = "/-/health"
+COUNT_TOKENS = "/messages/count_tokens"
 _PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _EXPOSED = "Retry-After, X-Request-Id, X-Prompt-Tokens, X-Generated-Tokens"
 
@@ -53,12 +58,18 @@ class Gateway:
         self.redactor = Redactor(settings.secrets) if settings.debug else None
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
+        self.watchers: list[asyncio.Future[None]] = []
 
     async def start(self, _app: web.Application) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
+            if upstream.target.health is not None:
+                self.watchers.append(asyncio.ensure_future(watch(upstream, upstream.target.health)))
 
     async def stop(self, _app: web.Application) -> None:
+        for task in self.watchers:
+            task.cancel()
+        await asyncio.gather(*self.watchers, return_exceptions=True)
         for upstream in self.upstreams.values():
             await upstream.close()
 
@@ -88,25 +99,46 @@ class Gateway:
                 self.guard.check_address(ip)
                 response = self.preflight(request)
                 return response
-            self.guard.check(ip, request.headers.get("Authorization"))
-            target = self.pick_target(request)
+            self.guard.check(ip, request.headers.get("Authorization"), request.headers.get("x-api-key"))
+            header = request.headers.get("target")
+            body: bytes | None = None
+            payload: Any = None
+            if not header and self.settings.model_index and request.method == "POST":
+                body = await self.read(request)
+                payload = parse_json(request.headers, body)
+            target = pick_target(self.settings, header, model_of(payload))
             target_name = target.name
             route = target.find(path)
             if route is None:
                 if request.method == "GET" and ModelList.handles(path):
-                    only = target.name if request.headers.get("target") else None
-                    response = await self.models.answer(path, only)
+                    response = await self.models.answer(path, target.name if header else None)
                     return response
+                if _bare(path) == COUNT_TOKENS:
+                    raise GatewayError(f"target '{target.name}' cannot count tokens", status=501, code="not_supported")
                 raise NotFound(f"no route for '{path}' on target '{target.name}'", code="unknown_route")
-            if route.methods is not None and request.method not in route.methods:
-                allow = ", ".join(sorted(route.methods))
-                raise MethodNotAllowed(
-                    f"method {request.method} is not allowed on '{path}' (allowed: {allow})", headers={"Allow": allow}
-                )
+            if not header and self.settings.model_index and request.method == "GET" and ModelList.handles(path):
+                response = await self.models.answer(path, None)  # every routable model, not one target's list
+                return response
+            hops = routes(self.settings, target, route, path, request.method)
+            if body is None:
+                body = await self.read(request)
             query = request.raw_path.partition("?")[2]
-            exchange = Exchange(request.method, path, query, request.headers, await self.read(request))
-            response = await forward(request, exchange, target, route, self.upstreams[target.name], self.redactor)
-            return response
+            for hop in hops:
+                target_name = hop.target.name
+                exchange = Exchange(request.method, path, query, request.headers, body)
+                if hop.target.models and request.method == "POST":
+                    if payload is None:
+                        payload = parse_json(request.headers, body)
+                    exchange.body = renamed(hop.target, payload) or body
+                exchange.final = hop.final
+                try:
+                    response = await forward(
+                        request, exchange, hop.target, hop.route, self.upstreams[hop.target.name], self.redactor
+                    )
+                    return response
+                except Unavailable as exc:
+                    log.warning("target '%s' is unavailable (%s): falling back", hop.target.name, exc.message)
+            raise UpstreamError("no target could serve the request")  # not reached: the last hop is final
         except GatewayError as error:
             response = self.error_response(error)
             return response
@@ -132,15 +164,6 @@ class Gateway:
                 upstream_ms,
                 (time.perf_counter() - started) * 1000,
             )
-
-    def pick_target(self, request: web.Request) -> Target:
-        name = request.headers.get("target")
-        if not name:
-            return self.settings.targets[self.settings.default_target]
-        target = self.settings.targets.get(name)
-        if target is None:
-            raise NotFound(f"unknown target '{name}'", param="target", code="unknown_target")
-        return target
 
     async def read(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_size
@@ -183,6 +206,10 @@ class Gateway:
             response.headers["Access-Control-Expose-Headers"] = _EXPOSED
             if allowed != "*":
                 response.headers.add("Vary", "Origin")
+
+
+def _bare(path: str) -> str:
+    return path[3:] if path.startswith("/v1/") else path
 
 
 def create_app(settings: Settings) -> web.Application:

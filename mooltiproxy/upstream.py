@@ -117,6 +117,9 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not awaited"
         return self._session
 
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": self._authorization} if self._authorization else {}
+
     def url(self, path: str, query: str = "", replica: Replica | None = None) -> URL:
         base = replica.url if replica is not None else self.target.url
         raw = base + path + (f"?{query}" if query else "")
