@@ -86,6 +86,7 @@ class Gateway:
         target_name = "-"
         exchange: Exchange | None = None
         response: web.StreamResponse | None = None
+        anthropic = _is_anthropic(request.path)  # errors in Anthropic's shape
         try:
             forwarded = None
             if self.guard.trusted_proxies:  # every X-Forwarded-For line: a proxy may add its own below the client's
@@ -109,6 +110,8 @@ class Gateway:
             target = pick_target(self.settings, header, model_of(payload))
             target_name = target.name
             route = target.find(path)
+            if route is not None and getattr(route.answer_mapper, "error_format", None) == "anthropic":
+                anthropic = True
             if route is None:
                 if request.method == "GET" and ModelList.handles(path):
                     response = await self.models.answer(path, target.name if header else None)
@@ -140,7 +143,7 @@ class Gateway:
                     log.warning("target '%s' is unavailable (%s): falling back", hop.target.name, exc.message)
             raise UpstreamError("no target could serve the request")  # not reached: the last hop is final
         except GatewayError as error:
-            response = self.error_response(error)
+            response = self.error_response(error, anthropic)
             return response
         except Exception as exc:
             if exchange is not None and exchange.started:
@@ -149,7 +152,7 @@ class Gateway:
                 if request.transport is not None:
                     request.transport.abort()
                 raise
-            response = self.error_response(internal_error(exc, request.method, request.path))
+            response = self.error_response(internal_error(exc, request.method, request.path), anthropic)
             return response
         finally:
             status = response.status if response is not None else 499
@@ -192,10 +195,9 @@ class Gateway:
         }
         return web.Response(status=204, headers=headers)
 
-    def error_response(self, error: GatewayError) -> web.Response:
-        return web.Response(
-            status=error.status, body=error.to_json(), content_type="application/json", headers=error.headers
-        )
+    def error_response(self, error: GatewayError, anthropic: bool = False) -> web.Response:
+        body = error.anthropic_json() if anthropic else error.to_json()
+        return web.Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Headers every answer gets: no server version for scanners, CORS for browser pages."""
@@ -210,6 +212,12 @@ class Gateway:
 
 def _bare(path: str) -> str:
     return path[3:] if path.startswith("/v1/") else path
+
+
+def _is_anthropic(path: str) -> bool:
+    """The Anthropic Messages API's paths (with or without /v1), whose errors are rendered in its shape."""
+    bare = _bare(path)
+    return bare == "/messages" or bare.startswith("/messages/")
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -15,6 +15,7 @@ from aiohttp import web
 from mooltiproxy.config import Settings, build_settings
 from mooltiproxy.runner import start_gateway
 
+from .openai_upstream import OpenAIUpstream
 from .upstreams import echo_app
 
 T = TypeVar("T")
@@ -104,3 +105,21 @@ def passthrough_config(url: str, mapping: dict[str, Any] | None = None, **target
     return {
         "targets": {"default": "up", "up": {"url": url, "mapping": mapping or {"/echo": None}, **target}},
     }
+
+
+@pytest.fixture
+def openai_upstreams(bg: BackgroundLoop) -> Iterator[Callable[..., OpenAIUpstream]]:
+    """``openai_upstreams(name, models=[...], api_key=None)`` starts a new OpenAIUpstream on loopback.
+
+    Every upstream started is stopped after the test."""
+    started: list[OpenAIUpstream] = []
+
+    def start(name: str, models: list[str] | None = None, api_key: str | None = None) -> OpenAIUpstream:
+        upstream = OpenAIUpstream(name, models, api_key=api_key)
+        bg.run(upstream.start())
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        bg.run(upstream.stop())
