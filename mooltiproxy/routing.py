@@ -63,15 +63,13 @@ def pick_target(settings: Settings, header: str | None, model: str | None) -> Ta
     raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
 
 
-def renamed(target: Target, payload: Any) -> bytes | None:
-    """The body to send when ``target`` renames the request's model for its upstream, else None."""
+def renamed(target: Target, payload: Any) -> str | None:
+    """The model name to send when ``target`` renames the request's model for its upstream, else None."""
     model = model_of(payload)
     if model is None:
         return None
     upstream = target.models.get(model)
-    if upstream is None or upstream == model:
-        return None
-    return orjson.dumps({**payload, "model": upstream})
+    return upstream if upstream is not None and upstream != model else None
 
 
 class Hop:

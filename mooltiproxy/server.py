@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -126,13 +127,19 @@ class Gateway:
             if body is None:
                 body = await self.read(request)
             query = request.raw_path.partition("?")[2]
-            for hop in hops:
+            for i, hop in enumerate(hops):
                 target_name = hop.target.name
                 exchange = Exchange(request.method, path, query, request.headers, body)
+                if i > 0:  # a mapper may have changed the parsed body in place: a fallback starts from the bytes
+                    payload = None
                 if hop.target.models and request.method == "POST":
                     if payload is None:
                         payload = parse_json(request.headers, body)
-                    exchange.body = renamed(hop.target, payload) or body
+                    new_model = renamed(hop.target, payload)
+                    if new_model is not None:
+                        payload = {**payload, "model": new_model}
+                        exchange.body = orjson.dumps(payload)
+                exchange.payload = payload
                 exchange.final = hop.final
                 try:
                     response = await forward(
