@@ -145,7 +145,7 @@ def test_check_command_lists_every_problem_and_fails(tmp_path: Path) -> None:
 def test_check_command_prints_a_summary(tmp_path: Path) -> None:
     result = run_cli("check", "--config", str(ROOT / "config.template.yaml"), env={"OPENAI_API_KEY": "sk"})
     assert result.returncode == 0, result.stderr
-    assert "OK, 4 target(s), default 'openai'" in result.stdout
+    assert "OK, 6 target(s), default 'openai'" in result.stdout
     assert (
         "/chat/completions -> /generate in=chatReqOpenAItoTGI out=chatAnsTGItoOpenAI prompter=llama2_chat"
         in result.stdout
