@@ -34,7 +34,15 @@ log = logging.getLogger("mooltiproxy")
 debug_log = logging.getLogger("mooltiproxy.debug")
 
 #: request headers the gateway consumes or recomputes (aiohttp has already decoded a compressed request body)
-_DROP_REQUEST = HOP_BY_HOP | {"host", "authorization", "target", "content-length", "content-encoding", "expect"}
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "x-api-key",
+    "target",
+    "content-length",
+    "content-encoding",
+    "expect",
+}
 #: answer headers recomputed, or the gateway's own to set (CORS follows ``system.cors``, not the target)
 _DROP_ANSWER = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
 
