@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 import orjson
-from scenarios import ANSWER_TEXT, SCENARIOS, STREAM_EVENTS, STREAM_TOKEN
+from scenarios import ANSWER_TEXT, SCENARIOS, STREAM_EVENTS, STREAM_TOKEN, Scenario
 from servers import Servers
 
 
@@ -90,19 +91,40 @@ async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
             reasons = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
             checks.add("stream", "finish_reason length", "length" in reasons, repr([r for r in reasons if r]))
 
-        async def paced() -> None:
+        async def paced(scenario: Scenario) -> None:
             # the upstream waits 10 ms before each event: the first one must arrive long before the last
             started = time.perf_counter()
-            async with session.post(
-                gw + "/v1/chat/completions?delay_ms=10", data=SCENARIOS[2].gateway_body, headers=auth
-            ) as resp:
+            headers = {**auth, **dict(scenario.gateway_headers)}
+            url = gw + scenario.gateway_path + "?delay_ms=10"
+            async with session.post(url, data=scenario.gateway_body, headers=headers) as resp:
                 await resp.content.readany()
                 first = time.perf_counter() - started
                 await resp.read()
                 total = time.perf_counter() - started
             ok = first < 0.25 * total and total >= 0.4
             detail = f"first chunk after {first * 1000:.0f} ms, last after {total * 1000:.0f} ms"
-            checks.add("stream", "relayed as it comes (paced upstream)", ok, detail)
+            checks.add(scenario.name, "relayed as it comes (paced upstream)", ok, detail)
+
+        async def openai(scenario: Scenario) -> None:
+            # a pass-through: the client gets the upstream's answer byte for byte
+            name = scenario.name
+            _, direct, _ = await post(up + scenario.direct_path, scenario.direct_body, servers.headers(False))
+            headers = {**auth, **dict(scenario.gateway_headers)}
+            status, body, answer_headers = await post(gw + scenario.gateway_path, scenario.gateway_body, headers)
+            checks.add(name, "status 200", status == 200, f"status {status}: {body[:300]!r}")
+            checks.add(name, "body relayed unchanged", body == direct, repr(body[:200]))
+            if not scenario.stream:
+                content = orjson.loads(body)["choices"][0]["message"]["content"]
+                checks.add(name, "content", content == ANSWER_TEXT, repr(content))
+                return
+            content_type = answer_headers.get("Content-Type", "")
+            checks.add(name, "text/event-stream", content_type.startswith("text/event-stream"), content_type)
+            events = sse_data(body)
+            checks.add(name, "ends with [DONE]", bool(events) and events[-1] == "[DONE]", repr(events[-1:]))
+            chunks = [orjson.loads(e) for e in events if e != "[DONE]"]
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+            checks.add(name, f"{STREAM_EVENTS} events", len(chunks) == STREAM_EVENTS, f"{len(chunks)} events")
+            checks.add(name, "tokens relayed", text == STREAM_TOKEN * STREAM_EVENTS, repr(text[:80]))
 
         wanted = set(scenarios)
         if "passthrough" in wanted:
@@ -111,5 +133,10 @@ async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
             await attempt("chat", "answer", chat)
         if "stream" in wanted:
             await attempt("stream", "answer", stream)
-            await attempt("stream", "paced relay", paced)
+            await attempt("stream", "paced relay", partial(paced, SCENARIOS[2]))
+        for scenario in SCENARIOS[3:]:
+            if scenario.name in wanted:
+                await attempt(scenario.name, "answer", partial(openai, scenario))
+                if scenario.stream:
+                    await attempt(scenario.name, "paced relay", partial(paced, scenario))
     return checks

@@ -67,6 +67,8 @@ class Loader:
             body, expect = scenario.direct_body, scenario.direct_expect
         url += query
         headers = self.servers.headers(via_gateway)
+        if via_gateway:
+            headers.update(scenario.gateway_headers)
         return Load(url, body, expect, headers, connections, duration, scenario.stream, tool)
 
     def apply(self, load: Load) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Benchmark the gateway against the upstream it fronts, with both measured in the same run.
 
-``python bench/run.py [--duration 5] [--connections 32] [--quick]`` starts the fake TGI upstream
+``python bench/run.py [--duration 5] [--connections 32] [--quick]`` starts the fake TGI and OpenAI upstream
 (``bench/upstream.py``) and the gateway as subprocesses, checks that answers are correct, then for each scenario
-(``passthrough``, ``chat``, ``stream``) measures the direct upstream call and the call through the gateway:
+(``passthrough``, ``chat``, ``stream``, ``openai``, ``openai_stream``) measures the direct upstream call and the
+call through the gateway:
 
 * throughput at N connections (wrk when it is on PATH, else the built-in aiohttp load generator), with the
   gateway's CPU time per request read from ``/proc/<pid>/stat`` over the measured window;
@@ -66,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
     wrk = shutil.which("wrk") if args.loadgen in ("auto", "wrk") else None
     if args.loadgen == "wrk" and wrk is None:
         raise BenchError("--loadgen wrk: wrk is not on PATH")
-    # the planned runs take about 35 s (--quick) or 75 s (default) with set-up; re-runs and waits for a quiet
-    # machine use the rest, and longer runs get proportionally more
+    # the 14 planned runs of passthrough, chat and stream take about 35 s (--quick) or 75 s (default) with set-up;
+    # re-runs and waits for a quiet machine use the rest; more runs and longer runs get proportionally more
     base_duration, base_budget = (2.0, 38.0) if args.quick else (5.0, 170.0)
-    budget = base_budget + max(0.0, 14 * 1.5 * (args.duration - base_duration))
+    steps = sum(len(s) for s in plan_runs(args.scenarios, args.connections, args.duration, 1.0, "builtin").values())
+    budget = base_budget * max(1.0, steps / 14) + max(0.0, steps * 1.5 * (args.duration - base_duration))
     servers = Servers()
     loader = Loader(servers, wrk)
     meter = Meter(servers, loader, budget)
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 servers.check_gateway()
-            summary = summarise(scenario.name, runs, checks.failures(scenario.name))
+            summary = summarise(scenario.name, runs, checks.failures(scenario.name), scenario.stream)
             results["scenarios"][scenario.name] = {"title": scenario.title, "runs": runs, "summary": summary}
         assert servers.gateway_proc is not None
         results["gateway_rss_mb"] = round(process_rss_mb(servers.gateway_proc.pid), 1)
@@ -158,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure the gateway against its upstream, in the same run.")
     parser.add_argument("--duration", type=float, help="seconds per throughput run (default 5; 2 with --quick)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections for throughput")
-    parser.add_argument("--quick", action="store_true", help="short runs (under 40 s in all)")
+    parser.add_argument("--quick", action="store_true", help="short runs (about 70 s with every scenario)")
     parser.add_argument(
         "--loadgen", choices=("auto", "wrk", "builtin"), default="auto", help="throughput load generator"
     )

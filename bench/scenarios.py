@@ -15,6 +15,7 @@ from upstream import ANSWER_TEXT, STREAM_EVENTS, STREAM_TOKEN
 __all__ = [
     "ANSWER_TEXT",
     "CHAT_REQUEST",
+    "OPENAI_TARGET",
     "PACED_DELAY_MS",
     "SCENARIOS",
     "STREAM_EVENTS",
@@ -27,6 +28,8 @@ __all__ = [
 
 #: the upstream's pause before each event in the paced stream runs (a 50-event stream then lasts about 250 ms)
 PACED_DELAY_MS = 5.0
+#: the gateway's target in front of the upstream's OpenAI route, picked by the OpenAI scenarios' ``target`` header
+OPENAI_TARGET = "openai"
 #: the gateway's CPU time per request each scenario must stay under, at N connections
 TARGETS_US = {"passthrough": 400.0, "chat": 500.0}
 
@@ -74,6 +77,8 @@ class Scenario:
     gateway_body: bytes
     gateway_expect: bytes
     stream: bool = False
+    #: headers sent to the gateway only (the target that serves the scenario)
+    gateway_headers: tuple[tuple[str, str], ...] = ()
 
 
 SCENARIOS = (
@@ -107,6 +112,29 @@ SCENARIOS = (
         orjson.dumps({**CHAT_REQUEST, "stream": True}),
         b"data: [DONE]",
         stream=True,
+    ),
+    Scenario(
+        "openai",
+        "OpenAI pass-through chat: POST /v1/chat/completions to an OpenAI upstream",
+        "/v1/chat/completions",
+        orjson.dumps(CHAT_REQUEST),
+        b"Paris is the capital.",
+        "/v1/chat/completions",
+        orjson.dumps(CHAT_REQUEST),
+        b"Paris is the capital.",
+        gateway_headers=(("target", OPENAI_TARGET),),
+    ),
+    Scenario(
+        "openai_stream",
+        f"OpenAI pass-through chat stream, {STREAM_EVENTS} events",
+        "/v1/chat/completions",
+        orjson.dumps({**CHAT_REQUEST, "stream": True}),
+        b"data: [DONE]",
+        "/v1/chat/completions",
+        orjson.dumps({**CHAT_REQUEST, "stream": True}),
+        b"data: [DONE]",
+        stream=True,
+        gateway_headers=(("target", OPENAI_TARGET),),
     ),
 )
 

@@ -1,4 +1,4 @@
-"""The processes under test: the fake TGI upstream (``bench/upstream.py``) and the gateway in front of it.
+"""The processes under test: the fake TGI and OpenAI upstream (``bench/upstream.py``) and the gateway in front of it.
 
 With two or more CPUs, the gateway runs alone on the first one; the upstream and the load generator share the
 second. The gateway gets a generated config and a random master key, and listens on loopback only.
@@ -20,6 +20,12 @@ from typing import Any
 
 import yaml
 from processes import BENCH_DIR, REPO_DIR, BenchError, Processes, read_line, tail, wait_healthy
+from scenarios import OPENAI_TARGET
+
+
+def openai_target(origin: str) -> dict[str, Any]:
+    """An ``api: openai`` target in front of the upstream's OpenAI route, passed through unchanged."""
+    return {"url": origin + "/v1", "api": "openai"}
 
 
 @dataclass
@@ -62,7 +68,7 @@ class Servers:
         wait_healthy(self.upstream_url + "/health", 10)
 
     def write_gateway_config(self, scenarios: Iterable[str]) -> Path:
-        """The gateway's config: ``/generate`` passed through, and the chat route when a scenario needs it."""
+        """The gateway's config: ``/generate`` passed through, the chat route and the OpenAI target when needed."""
         mapping: dict[str, Any] = {"/generate": None}
         if {"chat", "stream"} & set(scenarios):
             mapping["/chat/completions"] = {
@@ -71,10 +77,10 @@ class Servers:
                 "out": "chatAnsTGItoOpenAI",
                 "template": "chatml",
             }
-        config = {
-            "system": {"host": "127.0.0.1", "port": 0},
-            "targets": {"default": "up", "up": {"url": self.upstream_url, "mapping": mapping}},
-        }
+        targets: dict[str, Any] = {"default": "up", "up": {"url": self.upstream_url, "mapping": mapping}}
+        if {"openai", "openai_stream"} & set(scenarios):
+            targets[OPENAI_TARGET] = openai_target(self.upstream_url)
+        config = {"system": {"host": "127.0.0.1", "port": 0}, "targets": targets}
         path = self.tmp / "gateway.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path

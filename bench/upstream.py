@@ -1,4 +1,4 @@
-"""A minimal, fast fake TGI upstream for the benchmark: a raw asyncio ``Protocol`` on uvloop, no framework.
+"""A minimal, fast fake TGI (and OpenAI) upstream for the benchmark: a raw asyncio ``Protocol`` on uvloop, no framework.
 
 It must never be the bottleneck, so every answer is prepared once at start-up and the HTTP/1.1 parser only does
 what the benchmark needs: keep-alive, request bodies with ``Content-Length``, requests handled one after the other
@@ -9,6 +9,9 @@ Routes:
 * ``POST /generate``: a fixed TGI answer with ``details`` and the ``x-prompt-tokens: 12`` header;
 * ``POST /generate_stream``: 50 TGI stream events, each its own write and its own HTTP chunk, the last one with
   ``generated_text`` and ``details`` (``input_length`` included); ``?delay_ms=N`` waits N ms before each event;
+* ``POST /v1/chat/completions``: an OpenAI upstream (vLLM and the like) answering a fixed ``chat.completion`` with
+  ``usage``, or, when the body has ``"stream":true``, 50 ``chat.completion.chunk`` events (each its own write and
+  HTTP chunk, the last with ``finish_reason``) then ``data: [DONE]``; ``?delay_ms=N`` paces them too;
 * ``GET /health``: ``{}``; anything else: 404.
 
 Run: ``python bench/upstream.py [--host 127.0.0.1] [--port 0]``; it prints ``listening on HOST:PORT`` once ready.
@@ -74,6 +77,47 @@ def stream_events(count: int = STREAM_EVENTS) -> list[bytes]:
     return chunks
 
 
+def chat_completion_body() -> bytes:
+    """The OpenAI ``/v1/chat/completions`` answer: the same text as ``/generate``, with ``usage``."""
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": ANSWER_TEXT},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
+    usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 6, "total_tokens": PROMPT_TOKENS + 6}
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-bench0001",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "gpt-4o-mini",
+            "choices": [choice],
+            "usage": usage,
+        }
+    )
+
+
+def chat_chunk_events(count: int = STREAM_EVENTS) -> list[bytes]:
+    """The OpenAI stream: ``count`` chunk events then ``[DONE]``, each framed as one HTTP chunk (the last ends it)."""
+    chunks: list[bytes] = []
+    for i in range(1, count + 1):
+        delta: dict[str, str] = {"role": "assistant", "content": STREAM_TOKEN} if i == 1 else {"content": STREAM_TOKEN}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if i == count else None}
+        event = {
+            "id": "chatcmpl-bench0002",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "gpt-4o-mini",
+            "choices": [choice],
+        }
+        data = b"data: " + orjson.dumps(event) + b"\n\n"
+        chunks.append(b"%x\r\n%s\r\n" % (len(data), data))
+    done = b"data: [DONE]\n\n"
+    chunks.append(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+    return chunks
+
+
 def response(status: str, content_type: str, body: bytes, extra: bytes = b"") -> bytes:
     head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
         status.encode(),
@@ -95,6 +139,12 @@ STREAM_HEAD = (
     b"Transfer-Encoding: chunked\r\nx-prompt-tokens: %d\r\n\r\n" % PROMPT_TOKENS
 )
 STREAM_CHUNKS = stream_events()
+CHAT_COMPLETION = response("200 OK", "application/json", chat_completion_body())
+CHAT_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+CHAT_STREAM_CHUNKS = chat_chunk_events()
 HEALTH = response("200 OK", "application/json", b"{}")
 NOT_FOUND = response("404 Not Found", "application/json", b'{"error":"not found","error_type":"not_found"}')
 BAD_REQUEST = response("400 Bad Request", "text/plain", b"bad request", b"Connection: close\r\n")
@@ -191,36 +241,49 @@ class Upstream(asyncio.Protocol):
         self.buffer = buffer[total:]
         self.close_after = close
         path, _, query = target.partition(b"?")
-        self.answer(method, path, query)
+        self.answer(method, path, query, buffer, end + 4, total)
         return True
 
-    def answer(self, method: bytes, path: bytes, query: bytes) -> None:
+    def answer(self, method: bytes, path: bytes, query: bytes, buffer: bytes, start: int, stop: int) -> None:
+        """Answer one request; its body is ``buffer[start:stop]`` (only the OpenAI route looks at it)."""
         transport = self.transport
         assert transport is not None
         if method == b"POST" and path == b"/generate":
             transport.write(GENERATE)
         elif method == b"POST" and path == b"/generate_stream":
-            delay = delay_of(query) if query else 0.0
-            transport.write(STREAM_HEAD)
-            if delay:
-                self.busy = True
-                self.timer = asyncio.get_running_loop().call_later(delay, self.paced, 0, delay)
+            if self.stream(STREAM_HEAD, STREAM_CHUNKS, query):
                 return
-            for chunk in STREAM_CHUNKS:
-                transport.write(chunk)
+        elif method == b"POST" and path == b"/v1/chat/completions":
+            if buffer.find(b'"stream":true', start, stop) < 0 and buffer.find(b'"stream": true', start, stop) < 0:
+                transport.write(CHAT_COMPLETION)
+            elif self.stream(CHAT_STREAM_HEAD, CHAT_STREAM_CHUNKS, query):
+                return
         elif path == b"/health" and method in (b"GET", b"HEAD"):
             transport.write(HEALTH)
         else:
             transport.write(NOT_FOUND)
         self.done()
 
-    def paced(self, index: int, delay: float) -> None:
+    def stream(self, head: bytes, chunks: list[bytes], query: bytes) -> bool:
+        """Send a stream: all at once, or paced by ``?delay_ms`` (then True: the request is not done yet)."""
+        assert self.transport is not None
+        delay = delay_of(query) if query else 0.0
+        self.transport.write(head)
+        if delay:
+            self.busy = True
+            self.timer = asyncio.get_running_loop().call_later(delay, self.paced, chunks, 0, delay)
+            return True
+        for chunk in chunks:
+            self.transport.write(chunk)
+        return False
+
+    def paced(self, chunks: list[bytes], index: int, delay: float) -> None:
         self.timer = None
         if self.transport is None:
             return
-        self.transport.write(STREAM_CHUNKS[index])
-        if index + 1 < len(STREAM_CHUNKS):
-            self.timer = asyncio.get_running_loop().call_later(delay, self.paced, index + 1, delay)
+        self.transport.write(chunks[index])
+        if index + 1 < len(chunks):
+            self.timer = asyncio.get_running_loop().call_later(delay, self.paced, chunks, index + 1, delay)
             return
         self.busy = False
         self.done()

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from .conftest import BackgroundLoop
 from .http import request
@@ -20,7 +21,13 @@ from .openai_upstream import OpenAIUpstream
 Start = Callable[..., OpenAIUpstream]
 #: a connection dropped mid-stream, as the SDK reports it (wrapped since openai 2.x, the httpx error before)
 CUT = (openai.APIConnectionError, httpx.TransportError)
-USER = [{"role": "user", "content": "Hello there, how are you?"}]
+
+
+def said(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+USER = said("Hello there, how are you?")
 
 
 def client(upstream: OpenAIUpstream, key: str = "unused", retries: int = 0) -> OpenAI:
@@ -40,7 +47,7 @@ def refused(port: int) -> bool:
 
 def test_chat_answers_with_the_replica_name_and_the_user_text(openai_upstreams: Start) -> None:
     up = openai_upstreams("r1", ["m1", "m2"])
-    raw = client(up).chat.completions.with_raw_response.create(model="m2", messages=USER)  # type: ignore[arg-type]
+    raw = client(up).chat.completions.with_raw_response.create(model="m2", messages=USER)
     assert raw.headers["x-replica"] == "r1"
     done = raw.parse()
     assert done.id.startswith("chatcmpl-") and done.object == "chat.completion" and done.model == "m2"
@@ -57,9 +64,11 @@ def test_chat_answers_with_the_replica_name_and_the_user_text(openai_upstreams: 
 
 def test_replicas_can_be_told_apart_and_content_parts_are_read(openai_upstreams: Start) -> None:
     a, b = openai_upstreams("a"), openai_upstreams("b")
-    parts = [{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}]
+    parts: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}
+    ]
     for up in (a, b):
-        done = client(up).chat.completions.create(model="test-model", messages=parts)  # type: ignore[arg-type]
+        done = client(up).chat.completions.create(model="test-model", messages=parts)
         assert done.choices[0].message.content == f"{up.name} says: one two"
 
 
@@ -78,8 +87,8 @@ def test_directives_and_limits_steer_the_answer(
     openai_upstreams: Start, content: str, extra: dict[str, object], text: str, finish: str
 ) -> None:
     up = openai_upstreams("r")
-    messages = [{"role": "user", "content": content}]
-    done = client(up).chat.completions.create(model="test-model", messages=messages, **extra)  # type: ignore[call-overload]
+    messages = said(content)
+    done = client(up).chat.completions.create(model="test-model", messages=messages, extra_body=extra)
     assert done.choices[0].message.content == text
     assert done.choices[0].finish_reason == finish
 
@@ -87,19 +96,19 @@ def test_directives_and_limits_steer_the_answer(
 def test_delay_holds_the_answer(openai_upstreams: Start) -> None:
     up = openai_upstreams("r")
     started = time.perf_counter()
-    messages = [{"role": "user", "content": "hi <<delay:300>>"}]
-    done = client(up).chat.completions.create(model="test-model", messages=messages)  # type: ignore[arg-type]
+    messages = said("hi <<delay:300>>")
+    done = client(up).chat.completions.create(model="test-model", messages=messages)
     assert time.perf_counter() - started >= 0.3
     assert done.choices[0].message.content == "r says: hi"
 
 
 def test_stream_with_usage(openai_upstreams: Start) -> None:
     up = openai_upstreams("r")
-    messages = [{"role": "user", "content": "<<say:The sky is blue.>>"}]
+    messages = said("<<say:The sky is blue.>>")
     chunks = list(
         client(up).chat.completions.create(
             model="test-model",
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -133,12 +142,13 @@ def test_stream_framing_is_openais(openai_upstreams: Start) -> None:
 def test_tool_calls(openai_upstreams: Start) -> None:
     up = openai_upstreams("r")
     content = 'weather? <<tool:get_weather:{"city": "Paris", "unit": "c"}>> <<tool:get_time:{"tz": "CET"}>>'
-    messages = [{"role": "user", "content": content}]
-    done = client(up).chat.completions.create(model="test-model", messages=messages)  # type: ignore[arg-type]
+    messages = said(content)
+    done = client(up).chat.completions.create(model="test-model", messages=messages)
     message = done.choices[0].message
     assert done.choices[0].finish_reason == "tool_calls" and message.content is None
     assert message.tool_calls is not None
-    calls = [(c.type, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]  # type: ignore[union-attr]
+    dumped = [c.model_dump() for c in message.tool_calls]
+    calls = [(d["type"], d["function"]["name"], json.loads(d["function"]["arguments"])) for d in dumped]
     assert calls == [
         ("function", "get_weather", {"city": "Paris", "unit": "c"}),
         ("function", "get_time", {"tz": "CET"}),
@@ -151,7 +161,7 @@ def test_tool_calls_streamed(openai_upstreams: Start) -> None:
     content = '<<tool:get_weather:{"city": "Paris"}>><<tool:get_time:{}>>'
     stream = client(up).chat.completions.create(
         model="test-model",
-        messages=[{"role": "user", "content": content}],
+        messages=said(content),
         stream=True,
     )
     deltas = [d for c in stream for d in c.choices[0].delta.tool_calls or []]
@@ -171,21 +181,21 @@ def test_stream_error_and_cut(openai_upstreams: Start) -> None:
     got: list[str] = []
     with pytest.raises(openai.APIError, match="simulated failure"):
         for chunk in sdk.chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "<<tokens:9>><<error_after:3>>"}], stream=True
+            model="test-model", messages=said("<<tokens:9>><<error_after:3>>"), stream=True
         ):
             got.append(chunk.choices[0].delta.content or "")
     assert "".join(got) == "w1 w2 w3"
     got.clear()
     with pytest.raises(CUT):
         for chunk in sdk.chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "<<tokens:9>><<cut_after:2>>"}], stream=True
+            model="test-model", messages=said("<<tokens:9>><<cut_after:2>>"), stream=True
         ):
             got.append(chunk.choices[0].delta.content or "")
     assert "".join(got) == "w1 w2"
     with pytest.raises(openai.APIConnectionError):
-        sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "<<cut_after:0>>"}])
+        sdk.chat.completions.create(model="test-model", messages=said("<<cut_after:0>>"))
     with pytest.raises(openai.InternalServerError, match="simulated failure"):
-        sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "<<error_after:0>>"}])
+        sdk.chat.completions.create(model="test-model", messages=said("<<error_after:0>>"))
 
 
 # --------------------------------------------------------------------------------- completions, embeddings, models
@@ -238,7 +248,7 @@ def test_models(openai_upstreams: Start) -> None:
 def test_unknown_model_is_vllms_not_found(openai_upstreams: Start) -> None:
     up = openai_upstreams("r")
     with pytest.raises(openai.NotFoundError) as caught:
-        client(up).chat.completions.create(model="gpt-x", messages=USER)  # type: ignore[arg-type]
+        client(up).chat.completions.create(model="gpt-x", messages=USER)
     assert caught.value.body == {
         "message": "The model `gpt-x` does not exist.",
         "type": "NotFoundError",
@@ -292,10 +302,10 @@ def test_fail_next(openai_upstreams: Start) -> None:
     up = openai_upstreams("r")
     up.fail_next(1, 503, retry_after=1)
     with pytest.raises(openai.InternalServerError) as caught:
-        client(up).chat.completions.create(model="test-model", messages=USER)  # type: ignore[arg-type]
+        client(up).chat.completions.create(model="test-model", messages=USER)
     assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "1"
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == 503
-    assert client(up).chat.completions.create(model="test-model", messages=USER).choices  # type: ignore[arg-type]
+    assert client(up).chat.completions.create(model="test-model", messages=USER).choices
     assert up.calls["POST /v1/chat/completions"] == 2
     up.fail_next(2, 429, body={"error": {"message": "slow down", "type": "rate_limit", "param": None, "code": None}})
     for _ in range(2):
@@ -304,7 +314,7 @@ def test_fail_next(openai_upstreams: Start) -> None:
     assert request("GET", up.url + "/models").status == 200  # only POSTs fail
     up.fail_next(1, 502, retry_after=0.5)
     started = time.perf_counter()
-    done = client(up, retries=1).chat.completions.create(model="test-model", messages=USER)  # type: ignore[arg-type]
+    done = client(up, retries=1).chat.completions.create(model="test-model", messages=USER)
     assert done.choices and time.perf_counter() - started >= 0.45  # the SDK waited as told, then retried
     assert up.calls["POST /v1/chat/completions"] == 4
 
@@ -318,7 +328,7 @@ def test_health_and_reset(openai_upstreams: Start) -> None:
     up.fail_next(3)
     up.reset()
     assert up.healthy and not up.calls and not up.received
-    assert client(up).chat.completions.create(model="test-model", messages=USER).choices  # type: ignore[arg-type]
+    assert client(up).chat.completions.create(model="test-model", messages=USER).choices
 
 
 # ------------------------------------------------------------------------------------------------ stop, restart
@@ -338,14 +348,14 @@ def test_stop_refuses_connections_and_restart_serves_again(openai_upstreams: Sta
         client(up).models.list()
     bg.run(up.restart())
     assert up.port == port and up.url == url
-    assert client(up).chat.completions.create(model="test-model", messages=USER).choices  # type: ignore[arg-type]
+    assert client(up).chat.completions.create(model="test-model", messages=USER).choices
     assert up.calls["GET /v1/models"] == 0 and up.calls["POST /v1/chat/completions"] == 1
 
 
 def test_stop_cuts_a_stream_midway(openai_upstreams: Start, bg: BackgroundLoop) -> None:
     up = openai_upstreams("r")
     stream = client(up).chat.completions.create(
-        model="test-model", messages=[{"role": "user", "content": "<<tokens:50>><<delay:20>>"}], stream=True
+        model="test-model", messages=said("<<tokens:50>><<delay:20>>"), stream=True
     )
     got: list[str] = []
     with pytest.raises(CUT):
