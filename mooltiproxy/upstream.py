@@ -161,7 +161,7 @@ class Upstream:
                     continue
                 if response.status in RETRIED_STATUSES:
                     balancer.failed(replica, retry_after=retry_after(response.headers))
-                    last = attempt == self.target.retries or self._next(tried, attempt + 1, final)[0] is None
+                    last = attempt == self.target.retries or not self._can_retry()
                     if not last or not final:
                         log.info(
                             "target '%s': %s answered %d, trying again", self.target.name, replica.url, response.status
@@ -186,9 +186,7 @@ class Upstream:
             raise Unavailable(failure.message if failure else f"target '{self.target.name}' has no replica up")
         raise failure or UpstreamError(f"target '{self.target.name}' has no replica up")
 
-    def _next(
-        self, tried: list[Replica], attempt: int, final: bool, *, peek: bool = False
-    ) -> tuple[Replica | None, float]:
+    def _next(self, tried: list[Replica], attempt: int, final: bool) -> tuple[Replica | None, float]:
         """The replica for this attempt and how long to wait before it."""
         balancer = self.balancer
         replica = balancer.pick(exclude=tried)
@@ -204,6 +202,15 @@ class Upstream:
             # every replica is out: with no fallback left, try the one due back first anyway (one connect attempt)
             return (replica, 0.0) if final else (None, 0.0)
         return (replica, wait) if wait <= self.target.max_retry_wait else (None, 0.0)
+
+    def _can_retry(self) -> bool:
+        """Whether ``_next`` would find a replica for another attempt (without moving the policy's turn)."""
+        balancer = self.balancer
+        now = balancer.clock()
+        if any(r.available(now) for r in balancer.replicas):
+            return True
+        replica, wait = balancer.soonest()
+        return replica is not None and wait <= self.target.max_retry_wait
 
     def _unreachable(self, replica: Replica, exc: Exception) -> UpstreamError:
         if isinstance(exc, aiohttp.ClientConnectorError):
