@@ -67,6 +67,8 @@ class MappingEntry(_Strict):
     stream_path: str | None = None
     #: system prompt used when the conversation has none (fromTemplate, llama2_chat)
     default_system: str | None = None
+    #: how the model writes tool calls (chatAnsTGItoOpenAI parses them); default: derived from the template
+    tool_format: Literal["llama3", "hermes", "mistral", "none"] | None = None
 
 
 class ReplicaSection(_Strict):

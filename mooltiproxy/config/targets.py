@@ -241,6 +241,11 @@ def _route(inbound: str, raw: Any, templates: dict[str, Template], problems: Pro
                 problems.add(f"{where}.default_system", f"template '{entry.template}' refuses it: {exc.message}")
     elif prompter_name == "fromTemplate":
         problems.add(f"{where}.template", "the fromTemplate prompter needs a template")
+    resolved = entry.model_dump(by_alias=True, exclude_none=True)
+    if entry.tool_format is None and template is not None:  # derived once, here, from the template
+        from ..mappers.toolcalls import template_tool_format
+
+        resolved["tool_format"] = template_tool_format(template, builtin=entry.template not in templates)
     return Route(
         inbound=inbound,
         upstream_path=upstream,
@@ -249,5 +254,5 @@ def _route(inbound: str, raw: Any, templates: dict[str, Template], problems: Pro
         answer_mapper=answer_mapper,
         prompter=prompter,
         template=template,
-        entry=entry.model_dump(by_alias=True, exclude_none=True),
+        entry=resolved,
     )

@@ -27,6 +27,8 @@ __all__ = [
     "int_header",
     "new_id",
     "state_of",
+    "tool_call_id",
+    "tool_setup",
 ]
 
 #: key of the ``RequestState`` in ``ctx.state``
@@ -54,6 +56,44 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{_rng.getrandbits(128):032x}"
 
 
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def tool_call_id(fmt: str) -> str:
+    """A new tool call id: ``call_`` + 32 hex digits; 9 letters and digits for Mistral, whose chat templates
+    refuse any other id when the conversation comes back with the call."""
+    if fmt != "mistral":
+        return new_id("call_")
+    global _rng
+    if _rng is None:
+        _rng = random.Random()
+    return "".join(_rng.choices(_ALNUM, k=9))
+
+
+#: tool-call formats parsed out of answers (``none`` and unknown values: never)
+_TOOL_FORMATS = frozenset({"llama3", "hermes", "mistral"})
+
+
+def tool_setup(payload: Any, ctx: MappingContext) -> tuple[str | None, frozenset[str]]:
+    """The tool-call format to parse answers with, and the names of the request's tools.
+
+    Only when the request has ``tools``, its ``tool_choice`` is not ``none`` and the route's ``tool_format``
+    (given, or derived from the template at start-up) is a known format."""
+    fmt = ctx.entry.get("tool_format")
+    if fmt not in _TOOL_FORMATS or not isinstance(payload, Mapping):
+        return None, frozenset()
+    tools = payload.get("tools")
+    if not isinstance(tools, list) or not tools or payload.get("tool_choice") == "none":
+        return None, frozenset()
+    names: set[str] = set()
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if isinstance(name, str):
+            names.add(name)
+    return str(fmt), frozenset(names)
+
+
 class Slot(NamedTuple):
     """One upstream request: which prompt it generates for and which choices it yields."""
 
@@ -77,6 +117,8 @@ class RequestState:
         "prompts",
         "slots",
         "stops",
+        "tool_format",
+        "tool_names",
     )
 
     def __init__(
@@ -93,6 +135,8 @@ class RequestState:
         logprobs: int | None = None,
         include_usage: bool = False,
         fingerprint: str | None = None,
+        tool_format: str | None = None,
+        tool_names: frozenset[str] = frozenset(),
     ) -> None:
         self.chat = chat
         self.id = id
@@ -108,6 +152,9 @@ class RequestState:
         self.logprobs = logprobs
         self.include_usage = include_usage
         self.fingerprint = fingerprint
+        #: chat answers: the format tool calls are parsed from (None: they are not), and the request's tools
+        self.tool_format = tool_format
+        self.tool_names = tool_names
 
     @classmethod
     def new(
@@ -125,6 +172,7 @@ class RequestState:
     ) -> RequestState:
         """The state of a new request: a fresh id, the answered model name and the target's fingerprint."""
         fingerprint = ctx.options.get("system_fingerprint")
+        tool_format, tool_names = tool_setup(payload, ctx) if chat else (None, frozenset[str]())
         return cls(
             chat=chat,
             id=new_id("chatcmpl-" if chat else "cmpl-"),
@@ -137,6 +185,8 @@ class RequestState:
             logprobs=logprobs,
             include_usage=include_usage,
             fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+            tool_format=tool_format,
+            tool_names=tool_names,
         )
 
     @property

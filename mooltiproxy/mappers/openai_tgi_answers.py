@@ -8,7 +8,10 @@ OpenAI errors, see ``_tgi_errors``).
 * the text is cut before the first stop sequence (TGI includes it; OpenAI never does);
 * ``usage.prompt_tokens`` comes from the ``x-prompt-tokens`` header (or the prefill), counted once per prompt;
   ``completion_tokens`` is TGI's ``generated_tokens`` (which counts the end-of-sequence token), summed;
-* logprobs (when asked) come from ``details.tokens`` / ``top_tokens``; special tokens are left out.
+* logprobs (when asked) come from ``details.tokens`` / ``top_tokens``; special tokens are left out;
+* chat requests with ``tools`` (``tool_choice`` not ``none``) on a route with a tool-call format (see
+  ``toolcalls``): an answer that is tool calls becomes ``message.tool_calls`` (``content``: the text around them,
+  or null) with ``finish_reason`` ``tool_calls``; any other answer stays content.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from ._common import (
     finish_reason,
     int_header,
     state_of,
+    tool_call_id,
 )
 from ._tgi_errors import status_error
 from .openai_tgi_stream import OpenAIStream
+from .toolcalls import parse_tool_calls
 
 __all__ = ["TGIAnswerMapper", "chat_answer", "text_answer"]
 
@@ -145,7 +150,20 @@ class TGIAnswerMapper:
                 offset += len(piece) if isinstance(piece, str) else 0
             logprobs = builder.result()
         if self.chat:
-            message = {"role": "assistant", "content": text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if state.tool_format is not None:
+                parsed = parse_tool_calls(state.tool_format, text, state.tool_names)
+                if parsed is not None:
+                    message["content"] = parsed.content
+                    message["tool_calls"] = [
+                        {
+                            "id": tool_call_id(state.tool_format),
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                        for call in parsed.calls
+                    ]
+                    reason = "tool_calls"
             return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
         return {"text": prefix + text, "index": index, "logprobs": logprobs, "finish_reason": reason}
 

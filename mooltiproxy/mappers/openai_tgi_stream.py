@@ -11,6 +11,13 @@ Chat: a ``{"role": "assistant", "content": ""}`` chunk together with the first c
 With ``stream_options.include_usage`` every chunk has ``"usage": null`` and a last chunk ``choices: []``
 carries the usage. Then ``data: [DONE]``. Several upstream streams (``n`` > 1) interleave, one choice each.
 
+Tool calls (chat requests with ``tools`` on a route with a tool-call format): content goes out as above until
+a tool-call marker begins (only a tail that could still become one is held back, after the stop sequences'
+hold-back); the rest is kept until the choice ends. If it parses as calls, each call goes out as a
+``tool_calls`` delta with its ``id``, ``type`` and ``name`` (``arguments: ""``), then one with its arguments,
+and the choice finishes with ``tool_calls``; otherwise the kept text goes out as content and the choice
+finishes as it would have.
+
 Errors: a TGI error event raises the translated ``GatewayError``; so does a stream that ends before its final
 event (``UpstreamError``). Before the first byte went out the gateway answers them with their HTTP status.
 """
@@ -24,8 +31,18 @@ import orjson
 from ..errors import GatewayError, UpstreamError
 from ..plugin import MappingContext
 from ..sse import DONE, SSEDecoder, encode_data
-from ._common import ChatLogprobs, RequestState, TextLogprobs, earliest_stop, envelope, finish_reason, held_tail
+from ._common import (
+    ChatLogprobs,
+    RequestState,
+    TextLogprobs,
+    earliest_stop,
+    envelope,
+    finish_reason,
+    held_tail,
+    tool_call_id,
+)
 from ._tgi_errors import event_error
+from .toolcalls import ToolCall, ToolTextStream
 
 __all__ = ["OpenAIStream"]
 
@@ -46,9 +63,10 @@ class _Choice:
         "stopped",
         "stream",
         "tokens",
+        "tools",
     )
 
-    def __init__(self, stream: int, index: int) -> None:
+    def __init__(self, stream: int, index: int, tools: ToolTextStream | None) -> None:
         self.decoder = SSEDecoder()
         self.stream = stream  # the index of the upstream stream
         self.index = index  # the OpenAI choice index
@@ -61,6 +79,7 @@ class _Choice:
         self.tokens = 0  # tokens generated (special ones included), up to the stop when one completed
         self.prompt_tokens: int | None = None
         self.queue: list[_Token] = []  # tokens whose logprobs are not sent yet
+        self.tools = tools  # the tool-call reader of the text, when the request's tool calls are parsed
 
 
 class OpenAIStream:
@@ -126,7 +145,9 @@ class OpenAIStream:
         choice = self._choices.get(index)
         if choice is None:
             slots = self._state.slots
-            choice = self._choices[index] = _Choice(index, slots[index].choice if index < len(slots) else index)
+            fmt = self._state.tool_format
+            tools = ToolTextStream(fmt, self._state.tool_names) if fmt is not None and self._chat else None
+            choice = self._choices[index] = _Choice(index, slots[index].choice if index < len(slots) else index, tools)
         return choice
 
     def _event(self, choice: _Choice, data: str, out: list[bytes]) -> None:
@@ -202,6 +223,8 @@ class OpenAIStream:
         logprobs = None
         if self._state.logprobs is not None and choice.queue:
             logprobs = self._logprobs(choice, last)
+        if choice.tools is not None:
+            text = choice.tools.feed(text)
         if text or logprobs is not None:
             self._content(choice, text, logprobs, out)
 
@@ -256,6 +279,13 @@ class OpenAIStream:
         out.append(self._chunk(body))
 
     def _finish(self, choice: _Choice, reason: str, out: list[bytes]) -> None:
+        if choice.tools is not None:
+            rest, calls = choice.tools.end()
+            if rest:
+                self._content(choice, rest, None, out)
+            if calls:
+                self._tool_calls(choice, calls, out)
+                reason = "tool_calls"
         if not choice.started:
             prefix = self._start(choice, out)
             if prefix:  # legacy echo of a choice without text
@@ -267,6 +297,26 @@ class OpenAIStream:
         else:
             body = {"text": "", "index": choice.index, "logprobs": None, "finish_reason": reason}
         out.append(self._chunk(body))
+
+    def _tool_calls(self, choice: _Choice, calls: list[ToolCall], out: list[bytes]) -> None:
+        """Per call, a delta with its id, type and name, then one with its arguments."""
+        index = choice.index
+        if not choice.started:
+            choice.started = True
+            role = {"role": "assistant", "content": None}
+            out.append(self._chunk({"index": index, "delta": role, "logprobs": None, "finish_reason": None}))
+        fmt = self._state.tool_format or ""
+        for k, call in enumerate(calls):
+            head = {
+                "index": k,
+                "id": tool_call_id(fmt),
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            args = {"index": k, "function": {"arguments": call.arguments}}
+            for part in (head, args):
+                delta = {"tool_calls": [part]}
+                out.append(self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
 
     def _chunk(self, choice: dict[str, Any]) -> bytes:
         return self._head + b"[" + orjson.dumps(choice) + b"]" + self._tail
