@@ -577,8 +577,6 @@ UNKNOWN: dict[str, Any] = {
     "logit_bias": {"50256": -100},
     "user": "u1",
     "metadata": {"k": "v"},
-    "tools": [{"type": "function", "function": {"name": "f"}}],
-    "tool_choice": "auto",
     "parallel_tool_calls": True,
     "store": True,
     "service_tier": "auto",
@@ -592,6 +590,11 @@ def test_unknown_parameters_are_ignored() -> None:
 @pytest.mark.parametrize("name", sorted(UNKNOWN))
 def test_strict_mode_refuses_unknown_parameters(name: str) -> None:
     refused(lambda: chat(make_ctx({"strict": True}), **{name: UNKNOWN[name]}), name)
+
+
+def test_strict_mode_accepts_tools_which_reach_the_template() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    chat(make_ctx({"strict": True}), tools=tools, tool_choice="auto")
 
 
 def test_strict_mode_accepts_neutral_values() -> None:

@@ -25,7 +25,8 @@ faithful translation. The rules (TGI's limits come from the target options ``max
 * token-id prompts and a non-empty ``suffix`` → 400;
 * extensions TGI understands, usable through ``extra_body``: ``top_k``, ``typical_p``, ``repetition_penalty``,
   ``truncate``;
-* other parameters (``logit_bias``, ``user``, ``tools``…) are ignored, or refused when the target is ``strict``.
+* ``tools`` and ``tool_choice`` reach the template (tool-call text is parsed back by the answer mapper);
+* other parameters (``logit_bias``, ``user``…) are ignored, or refused when the target is ``strict``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ _COMMON = frozenset(
         "response_format",
     }
 )  # fmt: skip
-_CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
+_CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice"}
 _TEXT_PARAMS = _COMMON | {"prompt", "best_of", "echo", "suffix"}
 
 
