@@ -19,6 +19,12 @@ MAPPERS: dict[str, str] = {
     "chatReqOpenAItoTGI": "mooltiproxy.mappers.openai_tgi:chat_request",
     "textAnsTGItoOpenAI": "mooltiproxy.mappers.openai_tgi_answers:text_answer",
     "chatAnsTGItoOpenAI": "mooltiproxy.mappers.openai_tgi_answers:chat_answer",
+    "messagesReqAnthropicToOpenAI": "mooltiproxy.mappers.anthropic_openai:messages_request",
+    "messagesAnsOpenAItoAnthropic": "mooltiproxy.mappers.anthropic_openai:messages_answer",
+    "messagesReqAnthropicToTGI": "mooltiproxy.mappers.anthropic_tgi:messages_request",
+    "messagesAnsTGItoAnthropic": "mooltiproxy.mappers.anthropic_tgi:messages_answer",
+    "countTokensReqAnthropicToTGI": "mooltiproxy.mappers.anthropic_tgi:count_tokens_request",
+    "countTokensAnsTGItoAnthropic": "mooltiproxy.mappers.anthropic_tgi:count_tokens_answer",
 }
 
 PROMPTERS: dict[str, str] = {

@@ -449,3 +449,33 @@ class blackhole:
         for s in self.fillers:
             s.close()
         self.listener.close()
+
+
+def test_an_openai_target_serves_the_anthropic_messages_api_too(
+    gateway: Callable[..., Gateway], openai_upstreams: Upstreams
+) -> None:
+    import anthropic
+
+    vllm = openai_upstreams("vllm", models=["meta-llama/Llama-3.1-8B-Instruct"])
+    gw = gateway(config(llm=openai_target(vllm, models=[{"llama": "meta-llama/Llama-3.1-8B-Instruct"}])))
+    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as sdk:
+        message = sdk.messages.create(
+            model="llama", max_tokens=50, messages=[{"role": "user", "content": "<<say:routed by model>>"}]
+        )
+        assert message.content[0].type == "text" and message.content[0].text == "routed by model"
+        with sdk.messages.stream(
+            model="llama", max_tokens=50, messages=[{"role": "user", "content": "<<say:and streamed>>"}]
+        ) as stream:
+            assert "".join(stream.text_stream) == "and streamed"
+            assert stream.get_final_message().usage.output_tokens > 0
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            sdk.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        assert caught.value.body == {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": "The model 'nope' does not exist"},
+        }
+        with pytest.raises(anthropic.APIStatusError) as counted:
+            sdk.messages.count_tokens(model="llama", messages=[{"role": "user", "content": "x"}])
+        assert counted.value.status_code == 501
+    assert vllm.received[0]["path"] == "/v1/chat/completions"
+    assert vllm.received[0]["json"]["model"] == "meta-llama/Llama-3.1-8B-Instruct"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -30,8 +30,20 @@ def said(text: str) -> list[ChatCompletionMessageParam]:
 USER = said("Hello there, how are you?")
 
 
+_clients: list[OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(upstream: OpenAIUpstream, key: str = "unused", retries: int = 0) -> OpenAI:
-    return OpenAI(base_url=upstream.url, api_key=key, max_retries=retries, timeout=10)
+    made = OpenAI(base_url=upstream.url, api_key=key, max_retries=retries, timeout=10)
+    _clients.append(made)
+    return made
 
 
 def refused(port: int) -> bool:

@@ -30,6 +30,12 @@ OPENAI_MAPPING: dict[str, Any] = {
     "/completions": {"methods": ["POST"]},
     "/embeddings": {"methods": ["POST"]},
     "/models": {"methods": ["GET"]},
+    "/messages": {  # the Anthropic Messages API, translated to and from the server's chat completions
+        "path": "/chat/completions",
+        "in": "messagesReqAnthropicToOpenAI",
+        "out": "messagesAnsOpenAItoAnthropic",
+        "methods": ["POST"],
+    },
 }
 
 
