@@ -16,10 +16,73 @@ import orjson
 from scenarios import ANSWER_TEXT, SCENARIOS, STREAM_EVENTS, STREAM_TOKEN, Scenario
 from servers import Servers
 
+#: one check's outcome: its name, whether it passed, what was found
+Outcome = tuple[str, bool, str]
+
 
 def sse_data(body: bytes) -> list[str]:
     """The ``data`` payloads of an event stream (one data line per event, as both sides send)."""
     return [line[5:].strip() for line in body.decode(errors="replace").splitlines() if line.startswith("data:")]
+
+
+def sse_named(body: bytes) -> list[tuple[str, str]]:
+    """The ``(event name, data)`` pairs of a named event stream (``event:`` then ``data:`` lines per event)."""
+    events: list[tuple[str, str]] = []
+    for block in body.decode(errors="replace").replace("\r\n", "\n").split("\n\n"):
+        name, data = "", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if name or data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+def anthropic_message(data: Any, stop_reason: str) -> list[Outcome]:
+    """An Anthropic message with the upstream's text, ``stop_reason`` and token counts."""
+    content = data.get("content") or [{}]
+    text = content[0].get("text")
+    usage = data.get("usage") or {}
+    tokens = (usage.get("input_tokens"), usage.get("output_tokens"))
+    return [
+        ("type message", data.get("type") == "message" and data.get("role") == "assistant", repr(data)[:200]),
+        ("id msg_…", str(data.get("id", "")).startswith("msg_"), repr(data.get("id"))),
+        ("content text", content[0].get("type") == "text" and text == ANSWER_TEXT and len(content) == 1, repr(content)),
+        (f"stop_reason {stop_reason}", data.get("stop_reason") == stop_reason, repr(data.get("stop_reason"))),
+        ("usage 12 in, 6 out", tokens == (12, 6), repr(usage)),
+    ]
+
+
+def anthropic_stream(body: bytes) -> list[Outcome]:
+    """An Anthropic event stream: message_start first, the tokens as text deltas, message_stop last."""
+    events = sse_named(body)
+    names = [name for name, _ in events]
+    payloads = [orjson.loads(data) for _, data in events]
+    typed = all(name == p.get("type") for name, p in zip(names, payloads, strict=True))
+    deltas = [p["delta"] for p in payloads if p.get("type") == "content_block_delta"]
+    text = "".join(d.get("text", "") for d in deltas if d.get("type") == "text_delta")
+    ends = [p for p in payloads if p.get("type") == "message_delta"]
+    end = ends[-1] if ends else {}
+    usage = end.get("usage") or {}
+    first = [n for n in names if n != "ping"][:3]
+    start = (payloads[0].get("message") or {}) if payloads else {}
+    return [
+        ("event names match data types", bool(events) and typed, repr(names[:6])),
+        ("message_start first", names[:1] == ["message_start"], repr(names[:3])),
+        ("message_stop last", names[-1:] == ["message_stop"], repr(names[-3:])),
+        ("message_start usage 12 in", (start.get("usage") or {}).get("input_tokens") == 12, repr(start)[:200]),
+        ("text block opened", first[1:2] == ["content_block_start"], repr(first)),
+        (f"{STREAM_EVENTS} text deltas", len(deltas) == STREAM_EVENTS, f"{len(deltas)} deltas"),
+        ("tokens relayed", text == STREAM_TOKEN * STREAM_EVENTS, repr(text[:80])),
+        (
+            "message_delta stop_reason max_tokens",
+            len(ends) == 1 and end.get("delta", {}).get("stop_reason") == "max_tokens",
+            repr(ends)[:200],
+        ),
+        (f"usage {STREAM_EVENTS} output tokens", usage.get("output_tokens") == STREAM_EVENTS, repr(usage)),
+    ]
 
 
 @dataclass
@@ -94,7 +157,7 @@ async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
         async def paced(scenario: Scenario) -> None:
             # the upstream waits 10 ms before each event: the first one must arrive long before the last
             started = time.perf_counter()
-            headers = {**auth, **dict(scenario.gateway_headers)}
+            headers = {**servers.headers(True, scenario.x_api_key), **dict(scenario.gateway_headers)}
             url = gw + scenario.gateway_path + "?delay_ms=10"
             async with session.post(url, data=scenario.gateway_body, headers=headers) as resp:
                 await resp.content.readany()
@@ -126,6 +189,22 @@ async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
             checks.add(name, f"{STREAM_EVENTS} events", len(chunks) == STREAM_EVENTS, f"{len(chunks)} events")
             checks.add(name, "tokens relayed", text == STREAM_TOKEN * STREAM_EVENTS, repr(text[:80]))
 
+        async def anthropic(scenario: Scenario) -> None:
+            # an Anthropic client: the key in x-api-key, anthropic-version, POST /v1/messages
+            name = scenario.name
+            headers = {**servers.headers(True, scenario.x_api_key), **dict(scenario.gateway_headers)}
+            status, body, answer_headers = await post(gw + scenario.gateway_path, scenario.gateway_body, headers)
+            checks.add(name, "status 200 (key in x-api-key)", status == 200, f"status {status}: {body[:300]!r}")
+            content_type = answer_headers.get("Content-Type", "")
+            if scenario.stream:
+                checks.add(name, "text/event-stream", content_type.startswith("text/event-stream"), content_type)
+                outcomes = anthropic_stream(body)
+            else:
+                checks.add(name, "application/json", content_type.startswith("application/json"), content_type)
+                outcomes = anthropic_message(orjson.loads(body), "end_turn")
+            for check, ok, detail in outcomes:
+                checks.add(name, check, ok, detail)
+
         wanted = set(scenarios)
         if "passthrough" in wanted:
             await attempt("passthrough", "answer", passthrough)
@@ -134,9 +213,14 @@ async def verify(servers: Servers, scenarios: Iterable[str]) -> Checks:
         if "stream" in wanted:
             await attempt("stream", "answer", stream)
             await attempt("stream", "paced relay", partial(paced, SCENARIOS[2]))
-        for scenario in SCENARIOS[3:]:
-            if scenario.name in wanted:
+        for scenario in SCENARIOS:
+            if scenario.name in wanted and scenario.name.startswith("openai"):
                 await attempt(scenario.name, "answer", partial(openai, scenario))
+                if scenario.stream:
+                    await attempt(scenario.name, "paced relay", partial(paced, scenario))
+        for scenario in SCENARIOS:
+            if scenario.name in wanted and scenario.gateway_path == "/v1/messages":
+                await attempt(scenario.name, "answer", partial(anthropic, scenario))
                 if scenario.stream:
                     await attempt(scenario.name, "paced relay", partial(paced, scenario))
     return checks

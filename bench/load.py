@@ -47,6 +47,8 @@ class Load:
     duration: float
     stream: bool
     tool: str  # "wrk" or "builtin"
+    #: streams: the first chunk counts from when these bytes have arrived (empty: the first body chunk)
+    first_marker: bytes = b""
 
 
 @dataclass
@@ -66,10 +68,12 @@ class Loader:
             url = self.servers.upstream_url + scenario.direct_path
             body, expect = scenario.direct_body, scenario.direct_expect
         url += query
-        headers = self.servers.headers(via_gateway)
+        headers = self.servers.headers(via_gateway, scenario.x_api_key)
+        marker = b""
         if via_gateway:
             headers.update(scenario.gateway_headers)
-        return Load(url, body, expect, headers, connections, duration, scenario.stream, tool)
+            marker = scenario.first_marker
+        return Load(url, body, expect, headers, connections, duration, scenario.stream, tool, marker)
 
     def apply(self, load: Load) -> dict[str, Any]:
         """Run one load and return what the load generator measured (latencies in ms)."""
@@ -122,6 +126,8 @@ class Loader:
             argv += ["--header", f"{name}: {value}"]
         if load.stream:
             argv.append("--stream")
+        if load.first_marker:
+            argv += ["--first-marker", load.first_marker.decode()]
         code, out, err = self.servers.procs.run(argv, self.servers.load_cpus, timeout=load.duration + 60)
         if code != 0:
             raise BenchError(f"the load generator failed (status {code}): {err.decode(errors='replace')[-1000:]}")

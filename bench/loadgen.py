@@ -8,10 +8,11 @@ It runs in its own process (``run.py`` pins it to the load core) and prints one 
 
 A request counts as an error when it raises, answers a status other than 200, or (with ``--expect``) its body
 lacks the expected bytes. Latency is the time to the last byte; with ``--stream`` the time to the first body
-chunk is measured too.
+chunk is measured too, or with ``--first-marker TEXT`` the time until the body first contains TEXT (the first
+content event of a stream that opens with other events).
 
 Run: ``python bench/loadgen.py --url URL --body-file FILE [--header 'Name: value'] [--connections 32]
-[--duration 5] [--expect TEXT] [--stream]``
+[--duration 5] [--expect TEXT] [--stream [--first-marker TEXT]]``
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 class Load:
     """The shared counters of one run."""
 
-    def __init__(self, expect: bytes | None, stream: bool) -> None:
+    def __init__(self, expect: bytes | None, stream: bool, marker: bytes = b"") -> None:
         self.expect = expect
         self.stream = stream
+        self.marker = marker
         self.latencies: list[float] = []
         self.first_chunks: list[float] = []
         self.errors = 0
@@ -71,7 +73,7 @@ class Load:
         try:
             async with session.post(url, data=body, headers=headers) as resp:
                 if self.stream:
-                    first = await resp.content.readany()
+                    first = await self.first(resp.content)
                     self.first_chunks.append((time.perf_counter() - started) * 1000)
                     data = first + await resp.content.read()
                 else:
@@ -86,6 +88,18 @@ class Load:
             self.error(f"status {status}: {data[:200]!r}")
         elif self.expect is not None and self.expect not in data:
             self.error(f"unexpected answer: {data[:200]!r}")
+
+    async def first(self, content: aiohttp.StreamReader) -> bytes:
+        """The body up to its first chunk, or up to the chunk that completes the marker (or the whole body)."""
+        data = await content.readany()
+        if not self.marker:
+            return data
+        while data and self.marker not in data:  # each turn reads more of the body; the loop ends with it
+            more = await content.readany()
+            if not more:
+                break
+            data += more
+        return data
 
 
 async def run(url: str, body: bytes, headers: dict[str, str], connections: int, duration: float, load: Load) -> float:
@@ -121,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--expect", help="bytes every answer must contain")
     parser.add_argument("--stream", action="store_true", help="also measure the time to the first body chunk")
+    parser.add_argument("--first-marker", default="", help="with --stream: the first chunk is the one with TEXT")
     args = parser.parse_args(argv)
     body = args.body_file.read_bytes()
     headers = dict(args.header)
-    load = Load(args.expect.encode() if args.expect else None, args.stream)
+    load = Load(args.expect.encode() if args.expect else None, args.stream, args.first_marker.encode())
     coro = run(args.url, body, headers, max(1, args.connections), max(0.1, args.duration), load)
     try:
         import uvloop

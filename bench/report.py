@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from scenarios import PACED_DELAY_MS, STREAM_EVENTS, TARGETS_US
+from scenarios import PACED_DELAY_MS, SCENARIOS, STREAM_EVENTS, TARGETS_US
+
+#: streams whose first chunk is timed at their first content event (``Scenario.first_marker``)
+MARKED = {s.name for s in SCENARIOS if s.first_marker}
 
 
 def diff(a: float | None, b: float | None) -> float | None:
@@ -110,9 +113,10 @@ def tables(results: dict[str, Any]) -> str:
                 f"{fmt(added, 2, True)}{' (' + note + ')' if note else ''} |"
             )
         ttfc = s["first_chunk_p50_ms_c1"]
+        first = "first content event" if name in MARKED else "first chunk"
         out += [
             "",
-            f"At c=1: first chunk p50 {fmt(ttfc['gateway'], 2)} ms via the gateway, {fmt(ttfc['direct'], 2)} ms direct "
+            f"At c=1: {first} p50 {fmt(ttfc['gateway'], 2)} ms via the gateway, {fmt(ttfc['direct'], 2)} ms direct "
             f"({fmt(s['added_first_chunk_p50_ms_c1'], 2, True)} ms); added time per chunk "
             f"{fmt(s['added_us_per_chunk_c1'], 1, True)} µs (added p50 ÷ {STREAM_EVENTS}).",
         ]

@@ -2,13 +2,13 @@
 
 ``python bench/run.py [--duration 5] [--connections 32] [--quick]`` starts the fake TGI and OpenAI upstream
 (``bench/upstream.py``) and the gateway as subprocesses, checks that answers are correct, then for each scenario
-(``passthrough``, ``chat``, ``stream``, ``openai``, ``openai_stream``) measures the direct upstream call and the
-call through the gateway:
+(``passthrough``, ``chat``, ``stream``, ``openai``, ``openai_stream``, ``anthropic``, ``anthropic_stream``,
+``anthropic_openai``) measures the direct upstream call and the call through the gateway:
 
 * throughput at N connections (wrk when it is on PATH, else the built-in aiohttp load generator), with the
   gateway's CPU time per request read from ``/proc/<pid>/stat`` over the measured window;
 * latency at one connection (built-in generator): the gateway's p50/p99 minus the direct ones is the added
-  latency; for streams also the time to the first chunk.
+  latency; for streams also the time to the first chunk (for Anthropic streams, to the first content event).
 
 The gateway runs alone on the first CPU; the upstream and the load generator share the second. Foreign load
 (CPU time used by anything but the processes of this benchmark) is measured during every run; a run polluted by
@@ -160,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure the gateway against its upstream, in the same run.")
     parser.add_argument("--duration", type=float, help="seconds per throughput run (default 5; 2 with --quick)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections for throughput")
-    parser.add_argument("--quick", action="store_true", help="short runs (about 70 s with every scenario)")
+    parser.add_argument("--quick", action="store_true", help="short runs (about 110 s with every scenario)")
     parser.add_argument(
         "--loadgen", choices=("auto", "wrk", "builtin"), default="auto", help="throughput load generator"
     )

@@ -1,7 +1,9 @@
 """The scenarios: what is sent directly to the upstream and through the gateway, and what the answers contain.
 
 The answers' contents (``ANSWER_TEXT``, ``STREAM_EVENTS`` tokens of ``STREAM_TOKEN``) are those of the fake
-upstream, ``bench/upstream.py``.
+upstream, ``bench/upstream.py``. The Anthropic Messages scenarios send ``ANTHROPIC_REQUEST`` (the chat scenario's
+prompt as an Anthropic body) to ``/v1/messages`` with the key in ``x-api-key``; their direct calls are those of the
+chat, stream and OpenAI scenarios.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from upstream import ANSWER_TEXT, STREAM_EVENTS, STREAM_TOKEN
 
 __all__ = [
     "ANSWER_TEXT",
+    "ANTHROPIC_OPENAI_TARGET",
+    "ANTHROPIC_REQUEST",
+    "ANTHROPIC_TEMPLATE",
+    "ANTHROPIC_VERSION",
     "CHAT_REQUEST",
     "OPENAI_TARGET",
     "PACED_DELAY_MS",
@@ -30,6 +36,12 @@ __all__ = [
 PACED_DELAY_MS = 5.0
 #: the gateway's target in front of the upstream's OpenAI route, picked by the OpenAI scenarios' ``target`` header
 OPENAI_TARGET = "openai"
+#: the gateway's target that serves Anthropic Messages from the upstream's OpenAI route (``target`` header)
+ANTHROPIC_OPENAI_TARGET = "messages-openai"
+#: the chat template the gateway renders Anthropic messages with for TGI
+ANTHROPIC_TEMPLATE = "llama3"
+#: the ``anthropic-version`` header the Anthropic SDKs send
+ANTHROPIC_VERSION = "2023-06-01"
 #: the gateway's CPU time per request each scenario must stay under, at N connections
 TARGETS_US = {"passthrough": 400.0, "chat": 500.0}
 
@@ -65,6 +77,15 @@ TGI_REQUEST: dict[str, Any] = {
     },
 }
 
+#: the chat request's prompt as an Anthropic Messages request (355 bytes)
+ANTHROPIC_REQUEST: dict[str, Any] = {
+    "model": "claude-3-5-haiku-latest",
+    "max_tokens": 256,
+    "system": SYSTEM_PROMPT,
+    "messages": [{"role": "user", "content": USER_PROMPT}],
+}
+ANTHROPIC_HEADERS = (("anthropic-version", ANTHROPIC_VERSION),)
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -79,6 +100,11 @@ class Scenario:
     stream: bool = False
     #: headers sent to the gateway only (the target that serves the scenario)
     gateway_headers: tuple[tuple[str, str], ...] = ()
+    #: the gateway's key goes in ``x-api-key`` (as Anthropic clients send it) rather than ``Authorization``
+    x_api_key: bool = False
+    #: streams: the bytes that mark the first content event through the gateway (the time to the first chunk is
+    #: the time until they arrive); empty: the first body chunk
+    first_marker: bytes = b""
 
 
 SCENARIOS = (
@@ -135,6 +161,44 @@ SCENARIOS = (
         b"data: [DONE]",
         stream=True,
         gateway_headers=(("target", OPENAI_TARGET),),
+    ),
+    Scenario(
+        "anthropic",
+        "Anthropic messages → TGI /generate and back",
+        "/generate",
+        orjson.dumps(TGI_REQUEST),
+        b'"generated_text":" Paris is the capital."',
+        "/v1/messages",
+        orjson.dumps(ANTHROPIC_REQUEST),
+        b'"text":" Paris is the capital."',
+        gateway_headers=ANTHROPIC_HEADERS,
+        x_api_key=True,
+    ),
+    Scenario(
+        "anthropic_stream",
+        f"Anthropic messages stream → /generate_stream, {STREAM_EVENTS} events",
+        "/generate_stream",
+        orjson.dumps(TGI_REQUEST),
+        b'"input_length":12',
+        "/v1/messages",
+        orjson.dumps({**ANTHROPIC_REQUEST, "stream": True}),
+        b"event: message_stop",
+        stream=True,
+        gateway_headers=ANTHROPIC_HEADERS,
+        x_api_key=True,
+        first_marker=b"event: content_block_delta",
+    ),
+    Scenario(
+        "anthropic_openai",
+        "Anthropic messages → OpenAI /chat/completions and back",
+        "/v1/chat/completions",
+        orjson.dumps(CHAT_REQUEST),
+        b"Paris is the capital.",
+        "/v1/messages",
+        orjson.dumps(ANTHROPIC_REQUEST),
+        b'"text":" Paris is the capital."',
+        gateway_headers=(("target", ANTHROPIC_OPENAI_TARGET), *ANTHROPIC_HEADERS),
+        x_api_key=True,
     ),
 )
 

@@ -20,12 +20,18 @@ from typing import Any
 
 import yaml
 from processes import BENCH_DIR, REPO_DIR, BenchError, Processes, read_line, tail, wait_healthy
-from scenarios import OPENAI_TARGET
+from scenarios import ANTHROPIC_OPENAI_TARGET, ANTHROPIC_TEMPLATE, OPENAI_TARGET
 
 
 def openai_target(origin: str) -> dict[str, Any]:
     """An ``api: openai`` target in front of the upstream's OpenAI route, passed through unchanged."""
     return {"url": origin + "/v1", "api": "openai"}
+
+
+def anthropic_openai_target(origin: str) -> dict[str, Any]:
+    """A target serving Anthropic ``/v1/messages`` from the upstream's OpenAI ``/v1/chat/completions``."""
+    route = {"path": "/chat/completions", "in": "messagesReqAnthropicToOpenAI", "out": "messagesAnsOpenAItoAnthropic"}
+    return {"url": origin + "/v1", "mapping": {"/messages": route}}
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Servers:
         wait_healthy(self.upstream_url + "/health", 10)
 
     def write_gateway_config(self, scenarios: Iterable[str]) -> Path:
-        """The gateway's config: ``/generate`` passed through, the chat route and the OpenAI target when needed."""
+        """The gateway's config: ``/generate`` passed through; the chat, Anthropic and OpenAI routes when needed."""
         mapping: dict[str, Any] = {"/generate": None}
         if {"chat", "stream"} & set(scenarios):
             mapping["/chat/completions"] = {
@@ -77,9 +83,18 @@ class Servers:
                 "out": "chatAnsTGItoOpenAI",
                 "template": "chatml",
             }
+        if {"anthropic", "anthropic_stream"} & set(scenarios):
+            mapping["/messages"] = {
+                "path": "/generate",
+                "in": "messagesReqAnthropicToTGI",
+                "out": "messagesAnsTGItoAnthropic",
+                "template": ANTHROPIC_TEMPLATE,
+            }
         targets: dict[str, Any] = {"default": "up", "up": {"url": self.upstream_url, "mapping": mapping}}
         if {"openai", "openai_stream"} & set(scenarios):
             targets[OPENAI_TARGET] = openai_target(self.upstream_url)
+        if "anthropic_openai" in scenarios:
+            targets[ANTHROPIC_OPENAI_TARGET] = anthropic_openai_target(self.upstream_url)
         config = {"system": {"host": "127.0.0.1", "port": 0}, "targets": targets}
         path = self.tmp / "gateway.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -110,9 +125,12 @@ class Servers:
         self.gateway_url = match.group(0)
         wait_healthy(self.gateway_url + "/-/health", 10)
 
-    def headers(self, via_gateway: bool) -> dict[str, str]:
+    def headers(self, via_gateway: bool, x_api_key: bool = False) -> dict[str, str]:
+        """The request headers; through the gateway, its key (``x-api-key``, or ``Authorization: Bearer``)."""
         headers = {"Content-Type": "application/json"}
-        if via_gateway:
+        if via_gateway and x_api_key:
+            headers["x-api-key"] = self.key
+        elif via_gateway:
             headers["Authorization"] = f"Bearer {self.key}"
         return headers
 
