@@ -14,9 +14,12 @@ __all__ = ["demo_config", "run_demo"]
 
 
 def demo_config(upstream_url: str) -> dict[str, Any]:
-    """The demo's config: OpenAI chat and text completions translated to TGI, plus TGI's own routes."""
+    """The demo's config: OpenAI chat and text completions and Anthropic messages translated to TGI, plus TGI's
+    own routes."""
     chat = {"path": "/generate", "in": "chatReqOpenAItoTGI", "out": "chatAnsTGItoOpenAI", "template": "chatml"}
     text = {"path": "/generate", "in": "textReqOpenAItoTGI", "out": "textAnsTGItoOpenAI"}
+    messages = {"path": "/generate", "in": "messagesReqAnthropicToTGI", "out": "messagesAnsTGItoAnthropic"}
+    count = {"path": "/tokenize", "in": "countTokensReqAnthropicToTGI", "out": "countTokensAnsTGItoAnthropic"}
     return {
         "system": {"port": 8000},
         "targets": {
@@ -26,6 +29,8 @@ def demo_config(upstream_url: str) -> dict[str, Any]:
                 "mapping": {
                     "/chat/completions": chat,
                     "/completions": text,
+                    "/messages": {**messages, "template": "chatml"},
+                    "/messages/count_tokens": {**count, "template": "chatml"},
                     "/generate": None,
                     "/generate_stream": None,
                     "/info": {"methods": ["GET"]},
@@ -63,6 +68,13 @@ stream = client.chat.completions.create(
 for chunk in stream:
     print(chunk.choices[0].delta.content or "", end="", flush=True)
 print()
+PY
+
+  python - <<'PY'
+import anthropic
+client = anthropic.Anthropic(base_url="{url}", api_key="{key}")
+message = client.messages.create(model="demo", max_tokens=64, messages=[{{"role": "user", "content": "Hello!"}}])
+print(message.content[0].text)
 PY
 
 Press Ctrl-C to stop.""".rstrip()

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import anthropic
 import openai
 import yaml
 
@@ -101,6 +102,15 @@ def test_serve_without_config_runs_the_demo_and_the_openai_sdk_works(tmp_path: P
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "One two three"
         assert request("GET", f"http://127.0.0.1:{port}/v1/chat/completions").status == 401
+        client.close()
+        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=key.group(1), max_retries=0) as sdk:
+            message = sdk.messages.create(
+                model="demo", max_tokens=20, messages=[{"role": "user", "content": "<<say:Hey>>"}]
+            )
+            assert message.content[0].type == "text" and message.content[0].text == "Hey"
+            assert (
+                sdk.messages.count_tokens(model="demo", messages=[{"role": "user", "content": "Hi"}]).input_tokens > 0
+            )
     finally:
         assert stop(proc) == 0
 
