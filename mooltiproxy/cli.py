@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__
+from . import __version__, cli_keys
 from .config import Settings, Target, load_config
 from .errors import ConfigError, GatewayError
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--target", help="target name (default: targets.default)")
     render.add_argument("--path", default="/chat/completions", help="mapped path (default: /chat/completions)")
     render.add_argument("--json", action="store_true", help='print {"prompt": ..., "stop": [...]} as JSON')
+    cli_keys.add_parsers(sub, config_help)
     return parser
 
 
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.host, args.port)
     explicit = getattr(args, "config", None)
     path = explicit or default_config_path()
+    if command in cli_keys.COMMANDS:
+        return cli_keys.run(args, path)
     if command == "serve" and explicit is None and not path.exists():
         from .demo import run_demo
 

@@ -1,8 +1,12 @@
 """Cerbere, the guard: who is calling, and may they?
 
-Order: blacklist (403) → ban (403) → master key (401). A client IP that fails the key ``max_tries`` times is
-banned for the life of the process, unless whitelisted. The client IP is the socket peer; ``X-Forwarded-For`` is
-believed only when the peer is a trusted proxy, otherwise any client could dodge a ban with a header.
+Order: ban (403) → blacklist (403) → master key, else a virtual key (401). A client IP that fails the key
+``max_tries`` times is banned, unless whitelisted: for ``ban_seconds``, or for the life of the state (the process's
+memory, or Redis; see ``state``). The client IP is the socket peer; ``X-Forwarded-For`` is believed only when the
+peer is a trusted proxy, otherwise any client could dodge a ban with a header.
+
+The master key is compared in constant time. A virtual key is hashed, then looked up (see ``keys``); a revoked or
+expired one is a 401 but not a failure (it was issued: nobody is guessing).
 """
 
 from __future__ import annotations
@@ -10,18 +14,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from .config.model import IPNetwork
 from .errors import Forbidden, Unauthorized
+from .keys import KeyRing, VirtualKey
+from .state import MemoryState, SharedState
 
 __all__ = ["Guard"]
 
 log = logging.getLogger("mooltiproxy.guard")
-
-#: failure counters kept at most (oldest forgotten first), so a flood of addresses cannot exhaust memory
-MAX_TRACKED = 65536
 
 
 def _contains(networks: tuple[IPNetwork, ...], ip: str) -> bool:
@@ -56,6 +58,9 @@ class Guard:
         whitelist: Iterable[IPNetwork] = (),
         blacklist: Iterable[IPNetwork] = (),
         trusted_proxies: Iterable[IPNetwork] = (),
+        ban_seconds: float | None = None,
+        state: SharedState | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         if not master_key:
             raise ValueError("a master key is required")
@@ -64,8 +69,9 @@ class Guard:
         self.whitelist = tuple(whitelist)
         self.blacklist = tuple(blacklist)
         self.trusted_proxies = tuple(trusted_proxies)
-        self._failures: OrderedDict[str, int] = OrderedDict()
-        self.banned: set[str] = set()
+        self.ban_seconds = ban_seconds
+        self.state: SharedState = state if state is not None else MemoryState()
+        self.keys = keys
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         """The caller's address: the peer, or the nearest untrusted hop of X-Forwarded-For behind our proxies."""
@@ -80,42 +86,41 @@ class Guard:
                     break
         return ip
 
-    def check_address(self, ip: str) -> None:
-        if ip in self.banned:
+    async def check_address(self, ip: str, passed: bool = False) -> None:
+        if await self.state.check(ip, passed):
             raise Forbidden("this address is banned after too many failed attempts", code="banned")
         if _contains(self.blacklist, ip):
             raise Forbidden("this address is not allowed", code="blacklisted")
 
-    def check(self, ip: str, authorization: str | None, api_key: str | None = None) -> None:
-        """Raise ``Forbidden`` or ``Unauthorized``, or return when the caller may go on.
+    async def check(self, ip: str, authorization: str | None, api_key: str | None = None) -> VirtualKey | None:
+        """Raise ``Forbidden`` or ``Unauthorized``, or return when the caller may go on: None for the master key,
+        else the virtual key used.
 
         The key is ``Authorization: Bearer <key>``, or, without that header, ``x-api-key: <key>`` (as the
         Anthropic SDK sends it).
         """
-        self.check_address(ip)
         if not authorization and api_key:
             authorization = f"Bearer {api_key}"
         given = (authorization or "").strip().encode("utf-8", "surrogateescape")
         # The scheme is case-insensitive; the key is compared in constant time.
         if given[:7].lower() == b"bearer ":
             given = b"Bearer " + given[7:].strip()
-        if hmac.compare_digest(given, self._expected):
-            if self._failures:
-                self._failures.pop(ip, None)
-            return
-        self._fail(ip)
+        master = hmac.compare_digest(given, self._expected)
+        key = None
+        if not master and self.keys is not None and given[:7] == b"Bearer ":
+            key = self.keys.find(given[7:])
+        usable = key is not None and key.revoked_at is None and not key.expired()
+        await self.check_address(ip, master or usable)
+        if master:
+            return None
+        if key is not None:
+            if key.revoked_at is not None:
+                raise Unauthorized(f"The API key '{key.name}' was revoked.")
+            if key.expired():
+                raise Unauthorized(f"The API key '{key.name}' has expired.")
+            return key
+        if not _contains(self.whitelist, ip) and await self.state.fail(ip, self.max_tries, self.ban_seconds):
+            log.warning("banned %s after %d failed attempts", ip, self.max_tries)
         if authorization:
             raise Unauthorized("Incorrect API key provided.")
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
-
-    def _fail(self, ip: str) -> None:
-        if _contains(self.whitelist, ip):
-            return
-        count = self._failures.pop(ip, 0) + 1
-        if count >= self.max_tries:
-            self.banned.add(ip)
-            log.warning("banned %s after %d failed attempts", ip, count)
-            return
-        self._failures[ip] = count
-        if len(self._failures) > MAX_TRACKED:
-            self._failures.popitem(last=False)

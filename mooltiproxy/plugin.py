@@ -35,9 +35,14 @@ __all__ = [
     "RequestMapper",
     "StreamTranslator",
     "Template",
+    "USAGE_TOKENS",
 ]
 
 JSON = Any
+
+#: key of ``ctx.state`` where a stream translator that knows them puts the tokens the answer used (prompt +
+#: completion), so that a key's tokens-per-minute limit counts them
+USAGE_TOKENS = "usage_tokens"
 
 
 class Prompt(NamedTuple):

@@ -22,7 +22,8 @@ from multidict import CIMultiDict
 
 from .config.model import Route, Target
 from .errors import BadRequest, GatewayError, UnsupportedMediaType, UpstreamError
-from .plugin import Fanout, MappingContext
+from .limits import usage_tokens
+from .plugin import USAGE_TOKENS, Fanout, MappingContext
 from .redact import Redactor
 from .relay import Exchange, call_mapper, relay_stream, upstream_failure
 from .routing import is_json
@@ -45,6 +46,17 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 #: answer headers recomputed, or the gateway's own to set (CORS follows ``system.cors``, not the target)
 _DROP_ANSWER = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+
+
+#: largest pass-through JSON answer read for its ``usage`` (bytes)
+_USAGE_READ_LIMIT = 1024 * 1024
+
+
+def _passed_usage(body: bytes) -> int | None:
+    try:
+        return usage_tokens(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _encode(value: Any, error: type[GatewayError], what: str) -> bytes:
@@ -128,7 +140,10 @@ async def forward(
     accept = None if answer is None else "identity" if streamed else "gzip, deflate"
     headers = _upstream_headers(exchange.headers, json_body=route.request_mapper is not None and parse, accept=accept)
     if streamed:
-        return await relay_stream(request, exchange, ctx, client, headers, bodies, answer)
+        response = await relay_stream(request, exchange, ctx, client, headers, bodies, answer)
+        tokens = ctx.state.get(USAGE_TOKENS)
+        exchange.tokens = tokens if isinstance(tokens, int) else None
+        return response
     if len(bodies) == 1 and not fanout:
         return await _single(request, exchange, ctx, client, headers, bodies[0], answer, redactor)
     return await _fanout(exchange, ctx, client, headers, bodies, answer, redactor)
@@ -158,7 +173,9 @@ async def _single(
         if error is None:
             return web.Response(status=resp.status, body=data, headers=_answer_headers(resp.headers, False))
         raise error
-    return _json_response(await _map_answer(answer, resp.headers.get("Content-Type"), data, ctx, redactor))
+    mapped = await _map_answer(answer, resp.headers.get("Content-Type"), data, ctx, redactor)
+    exchange.tokens = usage_tokens(mapped)
+    return _json_response(mapped)
 
 
 async def _map_answer(
@@ -190,10 +207,20 @@ async def _pass_through(
     await out.prepare(request)
     exchange.started = True
     exchange.upstream_seconds = time.perf_counter() - started
+    # The usage of a plain JSON answer (not compressed, not too big) is read for a key's tpm; streams are not.
+    kept: list[bytes] | None = None
+    if exchange.count_tokens and resp.status < 300 and "Content-Encoding" not in resp.headers:
+        size = out.content_length
+        if size is not None and size <= _USAGE_READ_LIMIT and is_json(resp.headers.get("Content-Type")):
+            kept = []
     try:
         async for chunk in resp.content.iter_any():
+            if kept is not None:
+                kept.append(chunk)
             await out.write(chunk)
         await out.write_eof()
+        if kept:
+            exchange.tokens = _passed_usage(b"".join(kept))
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
         # The status line is gone: all that is left is to cut the body short, so the client sees it is incomplete.
         log.warning("%s %s: the upstream answer broke off: %r", exchange.method, exchange.path, exc)
@@ -239,4 +266,6 @@ async def _fanout(
         await asyncio.gather(*tasks, return_exceptions=True)
     exchange.upstream_seconds = time.perf_counter() - started
     ctx.reply_headers.extend(h for h, _ in results)
-    return _json_response(await _map_answer(answer, None, [d for _, d in results], ctx, redactor))
+    mapped = await _map_answer(answer, None, [d for _, d in results], ctx, redactor)
+    exchange.tokens = usage_tokens(mapped)
+    return _json_response(mapped)

@@ -35,7 +35,19 @@ QUEUE_SIZE = 8
 class Exchange:
     """What ``forward`` needs to know about the inbound request, and what it reports back for the access log."""
 
-    __slots__ = ("body", "final", "headers", "method", "path", "payload", "query", "started", "upstream_seconds")
+    __slots__ = (
+        "body",
+        "count_tokens",
+        "final",
+        "headers",
+        "method",
+        "path",
+        "payload",
+        "query",
+        "started",
+        "tokens",
+        "upstream_seconds",
+    )
 
     def __init__(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> None:
         self.method = method
@@ -50,6 +62,10 @@ class Exchange:
         #: a response has been sent to the client: no other may follow on this connection
         self.started = False
         self.upstream_seconds = 0.0
+        #: the caller's tokens are counted (a key with ``tpm``): pass-through JSON answers are read for their usage
+        self.count_tokens = False
+        #: prompt + completion tokens of the answer, when known
+        self.tokens: int | None = None
 
     def send(
         self, client: Upstream, path: str, headers: CIMultiDict[str], body: bytes | None

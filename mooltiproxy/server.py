@@ -21,11 +21,14 @@ from .config.model import Settings
 from .errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from .guard import Guard
 from .health import watch
+from .keys import KeyRing, KeyStore, permit
+from .limits import Limiter
 from .models import ModelList
 from .proxy import Exchange, forward
 from .redact import Redactor
 from .relay import internal_error
 from .routing import model_of, parse_json, pick_target, renamed, routes
+from .state import open_state
 from .upstream import Unavailable, Upstream
 
 __all__ = ["HEALTH_PATH", "create_app"]
@@ -44,12 +47,18 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.state = open_state(settings.redis)
+        self.keys = KeyRing(KeyStore(settings.keys_db), self.state.unban) if settings.keys_db else None
+        self.limiter = Limiter(self.state, settings.redis_limits_on_failure)
         self.guard = Guard(
             settings.master_key,
             max_tries=settings.max_tries,
             whitelist=settings.whitelist,
             blacklist=settings.blacklist,
             trusted_proxies=settings.trusted_proxies,
+            ban_seconds=settings.ban_seconds,
+            state=self.state,
+            keys=self.keys,
         )
         self.upstreams = {
             name: Upstream(t, pool_size=settings.pool_size, max_redirects=settings.max_redirects)
@@ -62,6 +71,8 @@ class Gateway:
         self.watchers: list[asyncio.Future[None]] = []
 
     async def start(self, _app: web.Application) -> None:
+        if self.keys is not None:
+            await self.keys.start()
         for upstream in self.upstreams.values():
             await upstream.start()
             if upstream.target.health is not None:
@@ -73,6 +84,9 @@ class Gateway:
         await asyncio.gather(*self.watchers, return_exceptions=True)
         for upstream in self.upstreams.values():
             await upstream.close()
+        if self.keys is not None:
+            await self.keys.stop()
+        await self.state.close()
 
     def allowed_origin(self, origin: str | None) -> str | None:
         if origin is None:
@@ -98,10 +112,10 @@ class Gateway:
                 response = web.json_response({"status": "ok"})
                 return response
             if request.method == "OPTIONS":
-                self.guard.check_address(ip)
+                await self.guard.check_address(ip)
                 response = self.preflight(request)
                 return response
-            self.guard.check(ip, request.headers.get("Authorization"), request.headers.get("x-api-key"))
+            key = await self.guard.check(ip, request.headers.get("Authorization"), request.headers.get("x-api-key"))
             header = request.headers.get("target")
             body: bytes | None = None
             payload: Any = None
@@ -110,6 +124,12 @@ class Gateway:
                 payload = parse_json(request.headers, body)
             target = pick_target(self.settings, header, model_of(payload))
             target_name = target.name
+            if key is not None:  # a virtual key: its targets and models, then its limits
+                if payload is None and body is None and key.models is not None and request.method == "POST":
+                    body = await self.read(request)
+                    payload = parse_json(request.headers, body)
+                permit(key, target.name, model_of(payload))
+                await self.limiter.admit(key)
             route = target.find(path)
             if route is not None and getattr(route.answer_mapper, "error_format", None) == "anthropic":
                 anthropic = True
@@ -141,10 +161,13 @@ class Gateway:
                         exchange.body = orjson.dumps(payload)
                 exchange.payload = payload
                 exchange.final = hop.final
+                exchange.count_tokens = key is not None and key.tpm is not None
                 try:
                     response = await forward(
                         request, exchange, hop.target, hop.route, self.upstreams[hop.target.name], self.redactor
                     )
+                    if key is not None:
+                        await self.limiter.spend(key, exchange.tokens)
                     return response
                 except Unavailable as exc:
                     log.warning("target '%s' is unavailable (%s): falling back", hop.target.name, exc.message)

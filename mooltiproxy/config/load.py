@@ -25,6 +25,7 @@ __all__ = ["build_settings", "load_config", "read_config_file"]
 
 KEY_ENV = "MOOLTIPROXY_KEY"
 _SECTIONS = ("system", "cerbere", "targets", "templates")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -85,6 +86,8 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
             file = base_dir / getattr(system, key)
             if not file.is_file():
                 problems.add(f"system.{key}", f"system.ssl is true but '{file}' does not exist")
+    if system is not None and system.redis is not None and not system.redis.startswith(_REDIS_SCHEMES):
+        problems.add("system.redis", f"expected a URL such as redis://127.0.0.1:6379/0, not '{system.redis}'")
 
     if problems.items or system is None or cerbere is None or master_key is None or default is None:
         raise ConfigError(problems.items or ["invalid config"], source=source)
@@ -106,6 +109,10 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
         max_tries=cerbere.max_tries,
         whitelist=whitelist,
         blacklist=blacklist,
+        ban_seconds=cerbere.ban_seconds,
+        keys_db=str(base_dir / system.keys_db) if system.keys_db else None,
+        redis=system.redis,
+        redis_limits_on_failure=system.redis_limits_on_failure,
         key_from_file=key_from_file,
         source=source,
         warnings=tuple(warnings),

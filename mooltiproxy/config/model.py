@@ -112,6 +112,13 @@ class Settings:
     max_tries: int = 3
     whitelist: tuple[IPNetwork, ...] = ()
     blacklist: tuple[IPNetwork, ...] = ()
+    #: seconds a ban lasts (None: for the life of the state)
+    ban_seconds: float | None = None
+    #: the virtual keys' SQLite database (resolved against the config file's folder), or None: master key only
+    keys_db: str | None = None
+    #: Redis URL of the shared state, or None: the process's memory
+    redis: str | None = None
+    redis_limits_on_failure: str = "open"
     #: True when the master key came from the config file rather than MOOLTIPROXY_KEY
     key_from_file: bool = False
     source: str = "config"

@@ -48,12 +48,20 @@ class SystemSection(_Strict):
     max_redirects: int = Field(default=5, ge=0, le=20)
     #: connections kept per target
     pool_size: int = Field(default=256, ge=1)
+    #: SQLite database of the virtual keys (``mooltiproxy keys``), relative to the config file; created when missing
+    keys_db: str | None = None
+    #: ``redis://host:port/db``: bans, failure counts and limit counters shared by every gateway process
+    redis: str | None = None
+    #: while Redis is unreachable, requests of keys with limits go on (open) or get a 503 (closed)
+    redis_limits_on_failure: Literal["open", "closed"] = "open"
 
 
 class CerbereSection(_Strict):
     max_tries: int = Field(default=3, ge=1)
     whitelist: list[str] = []
     blacklist: list[str] = []
+    #: seconds a ban lasts (default: for the life of the state, the process's memory or Redis)
+    ban_seconds: float | None = Field(default=None, gt=0)
 
 
 class MappingEntry(_Strict):

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError, UpstreamError
-from ..plugin import MappingContext
+from ..plugin import USAGE_TOKENS, MappingContext
 from ..sse import DONE, SSEDecoder, encode_data
 from ._common import (
     ChatLogprobs,
@@ -119,8 +119,6 @@ class OpenAIStream:
         expected = max(len(self._state.slots), len(self._choices))
         if any(i not in self._choices or not self._choices[i].finished for i in range(expected)):
             raise UpstreamError("upstream stream ended before the generation finished")
-        if not self._state.include_usage:
-            return DONE
         prompts: dict[int, int] = {}
         completion = 0
         for i, choice in self._choices.items():
@@ -129,6 +127,9 @@ class OpenAIStream:
                 prompts.setdefault(prompt, choice.prompt_tokens)
             completion += choice.tokens
         prompt_total = sum(prompts.values())
+        self._ctx.state[USAGE_TOKENS] = prompt_total + completion
+        if not self._state.include_usage:
+            return DONE
         usage = {
             "prompt_tokens": prompt_total,
             "completion_tokens": completion,
