@@ -266,3 +266,30 @@ def tgi_tool_calls(client: anthropic.Anthropic) -> None:
         assert call.type == "tool_use" and call.name == "get_weather" and call.input == {"city": "Paris"}
         assert call.id.startswith("toolu_call_")
     assert created.content[0].type == "text" and created.content[0].text == "Checking."
+
+
+def test_tgi_multi_turn_tool_use_conversation(gateway: Any, tgi: str) -> None:
+    # Qwen 2.5's template renders tool calls and results (the plain ChatML one has no place for them)
+    entry = {**MESSAGES, "template": "qwen2.5"}
+    mapping = {"/v1/messages": entry, "/v1/messages/count_tokens": {**COUNT, "template": "qwen2.5"}}
+    gw: Gateway = gateway({"targets": {"default": "tgi", "tgi": {"url": tgi, "mapping": mapping}}})
+    # the directive ends at the first ">>", so the closing tag is left out (the parser accepts that, as models do)
+    said = '<<say:<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n>>'
+    with anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0) as client:
+        first = client.messages.create(model="m", max_tokens=100, messages=user(said), tools=[WEATHER])
+        call = first.content[-1]
+        assert first.stop_reason == "tool_use" and call.type == "tool_use"
+        result = {"type": "tool_result", "tool_use_id": call.id, "content": "18 degrees and sunny"}
+        conversation: Any = [
+            {"role": "user", "content": said},
+            {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+            {"role": "user", "content": [result, {"type": "text", "text": "<<say:It is 18 degrees in Paris.>>"}]},
+        ]
+        with client.messages.stream(model="m", max_tokens=100, messages=conversation, tools=[WEATHER]) as stream:
+            final = stream.get_final_message()
+        assert final.stop_reason == "end_turn"
+        assert final.content[0].type == "text" and final.content[0].text == "It is 18 degrees in Paris."
+        counted = client.messages.count_tokens(model="m", messages=conversation, tools=[WEATHER])
+        result["content"] = "18 degrees and sunny, with a light breeze from the west all afternoon"
+        longer = client.messages.count_tokens(model="m", messages=conversation, tools=[WEATHER])
+    assert longer.input_tokens > counted.input_tokens > 0  # the tool result is in the prompt the model reads
