@@ -10,6 +10,7 @@ from ..errors import BadRequest
 from ..plugin import MappingContext
 
 __all__ = [
+    "kind_of",
     "JSON_OBJECT_REGEX",
     "bad_type",
     "f32",
@@ -59,7 +60,8 @@ def f32(value: float) -> float:
     return result
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How an error message names a JSON value's type: 'null', 'a boolean', 'a number', …."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -72,7 +74,7 @@ def _kind(value: Any) -> str:
 
 
 def bad_type(name: str, expected: str, value: Any) -> BadRequest:
-    return BadRequest(f"Invalid type for '{name}': expected {expected}, but got {_kind(value)} instead.", param=name)
+    return BadRequest(f"Invalid type for '{name}': expected {expected}, but got {kind_of(value)} instead.", param=name)
 
 
 def out_of_range(name: str, low: float, high: float, value: Any) -> BadRequest:

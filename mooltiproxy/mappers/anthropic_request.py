@@ -28,7 +28,7 @@ from ..errors import BadRequest
 from ..plugin import MappingContext
 from ._anthropic_common import STATE_KEY, AnthropicState, tool_id_in
 from ._common import new_id
-from ._openai_values import reject_unknown
+from ._openai_values import kind_of, reject_unknown
 
 __all__ = ["decode_request"]
 
@@ -44,20 +44,16 @@ _I32 = 2**31 - 1
 # -- reading values
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _bad(field: str, expected: str, value: Any) -> BadRequest:
-    return BadRequest(f"{field}: expected {expected}, got {_kind(value)}", param=field)
+    return BadRequest(f"{field}: expected {expected}, got {kind_of(value)}", param=field)
+
+
+def _name(block: dict[str, Any], key: str, where: str) -> str:
+    """A required non-empty string of a block (an id, a name)."""
+    value = block.get(key)
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{where}.{key}", "a non-empty string", value)
+    return value
 
 
 def _text_of(block: Any, field: str) -> str:
@@ -150,9 +146,7 @@ def _user(content: list[Any], field: str, out: list[dict[str, Any]]) -> None:
         if kind == "text":
             texts.append(_text_of(block, where))
         elif kind == "tool_result":
-            tool_use_id = block.get("tool_use_id")
-            if not isinstance(tool_use_id, str) or not tool_use_id:
-                raise _bad(f"{where}.tool_use_id", "a non-empty string", tool_use_id)
+            tool_use_id = _name(block, "tool_use_id", where)
             text = _tool_result_text(block.get("content"), f"{where}.content")
             is_error = block.get("is_error")
             if is_error is not None and not isinstance(is_error, bool):
@@ -177,12 +171,8 @@ def _assistant(content: list[Any], field: str, out: list[dict[str, Any]]) -> Non
         if kind == "text":
             texts.append(_text_of(block, where))
         elif kind == "tool_use":
-            tool_id = block.get("id")
-            if not isinstance(tool_id, str) or not tool_id:
-                raise _bad(f"{where}.id", "a non-empty string", tool_id)
-            name = block.get("name")
-            if not isinstance(name, str) or not name:
-                raise _bad(f"{where}.name", "a non-empty string", name)
+            tool_id = _name(block, "id", where)
+            name = _name(block, "name", where)
             arguments = block.get("input")
             if not isinstance(arguments, dict):
                 raise _bad(f"{where}.input", "an object", arguments)
