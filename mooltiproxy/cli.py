@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -46,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help=config_help)
     serve.add_argument("--host", help="address to listen on (default: system.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: system.port, 8000)")
+    serve.add_argument(
+        "--workers", type=_workers, help="processes serving the port, or 'auto' (one per core; default: system.workers)"
+    )
+    serve.add_argument("--pid-file", type=Path, help="where to write the PID (default: system.pid_file)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run by the supervisor
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the running gateway re-read its config file (SIGHUP), once the file is checked",
+        description="Check the config file, then send SIGHUP to the gateway whose PID is in the PID file; "
+        "an invalid config is refused (exit status 3, every problem listed).",
+    )
+    reload.add_argument("--config", type=Path, help=config_help)
+    reload.add_argument("--pid-file", type=Path, help="the gateway's PID file (default: system.pid_file)")
 
     check = sub.add_parser("check", help="validate a config file and print its targets and routes")
     check.add_argument("--config", type=Path, help=config_help)
@@ -94,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "render":
         return render(settings, args.target, args.path, args.json)
-    return serve(settings, args.host, args.port)
+    if command == "reload":
+        from .lifecycle import send_reload
+
+        return send_reload(settings, args.pid_file)
+    return serve(settings, args.host, args.port, path, args)
 
 
 def summary(settings: Settings) -> str:
@@ -135,25 +153,46 @@ def _replicas(target: Target) -> str:
     return ", ".join(r.url + (f" (weight {r.weight})" if r.weight != 1 else "") for r in target.replicas)
 
 
-def serve(settings: Settings, host: str | None, port: int | None) -> int:
-    from .runner import configure_logging, run, serve_forever, start_gateway
-
-    configure_logging(settings.debug)
-    for warning in settings.warnings:
-        log.warning("%s", warning)
-    address: list[str] = []
-
-    async def start() -> list[Any]:
-        runner, url = await start_gateway(settings, host, port)
-        address.append(url)
-        return [runner]
-
-    def announce() -> None:
-        targets = ", ".join(f"{n} ({_replicas(t)})" for n, t in settings.targets.items())
-        print(f"mooltiproxy listening on {address[0]}, targets: {targets}", flush=True)
-
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
     try:
-        run(serve_forever(start, announce))
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1 or more) or 'auto', not '{value}'")
+    return count
+
+
+def serve(settings: Settings, host: str | None, port: int | None, path: Path, args: argparse.Namespace) -> int:
+    """Serve from this process, or (``--workers N``, ``system.workers``) from N supervised worker processes."""
+    from .lifecycle import serve_process
+    from .logs import configure_logging
+    from .runner import run
+
+    workers = args.workers or settings.workers
+    pid_file = str(args.pid_file) if args.pid_file else settings.pid_file
+    configure_logging(settings.debug, settings.log_format, pid=workers > 1 or args.worker)
+    if not args.worker:
+        for warning in settings.warnings:
+            log.warning("%s", warning)
+
+    def announce(url: str) -> None:
+        targets = ", ".join(f"{n} ({_replicas(t)})" for n, t in settings.targets.items())
+        print(f"mooltiproxy listening on {url}, targets: {targets}", flush=True)
+
+    if workers > 1 and not args.worker:
+        from .workers import serve_workers
+
+        return serve_workers(
+            settings, path, host or settings.host, settings.port if port is None else port, workers, pid_file, announce
+        )
+    process = serve_process(
+        settings, path, host, port, announce, worker=args.worker, ready_fd=args.ready_fd, pid_file=pid_file
+    )
+    try:
+        run(process)
     except OSError as exc:
         print(f"mooltiproxy: cannot listen: {exc}", file=sys.stderr)
         return STARTUP_FAILURE

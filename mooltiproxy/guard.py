@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .config.model import IPNetwork
 from .errors import Forbidden, Unauthorized
@@ -24,6 +24,10 @@ from .state import MemoryState, SharedState
 __all__ = ["Guard"]
 
 log = logging.getLogger("mooltiproxy.guard")
+
+
+def _ignore(*_args: object) -> None:
+    pass
 
 
 def _contains(networks: tuple[IPNetwork, ...], ip: str) -> bool:
@@ -72,6 +76,9 @@ class Guard:
         self.ban_seconds = ban_seconds
         self.state: SharedState = state if state is not None else MemoryState()
         self.keys = keys
+        #: told of each 401 with its reason (missing, invalid, revoked, expired), and of each ban (for the metrics)
+        self.on_failure: Callable[[str], None] = _ignore
+        self.on_ban: Callable[[], None] = _ignore
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         """The caller's address: the peer, or the nearest untrusted hop of X-Forwarded-For behind our proxies."""
@@ -115,12 +122,16 @@ class Guard:
             return None
         if key is not None:
             if key.revoked_at is not None:
+                self.on_failure("revoked")
                 raise Unauthorized(f"The API key '{key.name}' was revoked.")
             if key.expired():
+                self.on_failure("expired")
                 raise Unauthorized(f"The API key '{key.name}' has expired.")
             return key
+        self.on_failure("invalid" if authorization else "missing")
         if not _contains(self.whitelist, ip) and await self.state.fail(ip, self.max_tries, self.ban_seconds):
             log.warning("banned %s after %d failed attempts", ip, self.max_tries)
+            self.on_ban()
         if authorization:
             raise Unauthorized("Incorrect API key provided.")
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")

@@ -35,6 +35,7 @@ __all__ = [
     "RequestMapper",
     "StreamTranslator",
     "Template",
+    "USAGE_COUNTS",
     "USAGE_TOKENS",
 ]
 
@@ -43,6 +44,9 @@ JSON = Any
 #: key of ``ctx.state`` where a stream translator that knows them puts the tokens the answer used (prompt +
 #: completion), so that a key's tokens-per-minute limit counts them
 USAGE_TOKENS = "usage_tokens"
+#: key of ``ctx.state`` where a stream translator puts ``(prompt tokens, completion tokens)`` it saw (either may be
+#: None), for the token metrics
+USAGE_COUNTS = "usage_counts"
 
 
 class Prompt(NamedTuple):

@@ -23,7 +23,8 @@ from multidict import CIMultiDict
 from .config.model import Route, Target
 from .errors import BadRequest, GatewayError, UnsupportedMediaType, UpstreamError
 from .limits import usage_tokens
-from .plugin import USAGE_TOKENS, Fanout, MappingContext
+from .metrics import usage_counts
+from .plugin import USAGE_COUNTS, USAGE_TOKENS, Fanout, MappingContext
 from .redact import Redactor
 from .relay import Exchange, call_mapper, relay_stream, upstream_failure
 from .routing import is_json
@@ -43,6 +44,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "content-length",
     "content-encoding",
     "expect",
+    "x-request-id",  # the gateway's id of the request is sent instead (the client's when sane)
 }
 #: answer headers recomputed, or the gateway's own to set (CORS follows ``system.cors``, not the target)
 _DROP_ANSWER = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
@@ -52,11 +54,17 @@ _DROP_ANSWER = HOP_BY_HOP | {"content-length", "content-encoding", "server", "da
 _USAGE_READ_LIMIT = 1024 * 1024
 
 
-def _passed_usage(body: bytes) -> int | None:
+def _count(exchange: Exchange, answer: Any) -> None:
+    """The tokens of an answer's ``usage``, for a key's limits and the metrics."""
+    exchange.tokens = usage_tokens(answer)
+    exchange.tokens_in, exchange.tokens_out = usage_counts(answer)
+
+
+def _passed_usage(exchange: Exchange, body: bytes) -> None:
     try:
-        return usage_tokens(orjson.loads(body))
+        _count(exchange, orjson.loads(body))
     except orjson.JSONDecodeError:
-        return None
+        pass
 
 
 def _encode(value: Any, error: type[GatewayError], what: str) -> bytes:
@@ -72,11 +80,15 @@ def _json_response(answer: Any) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _upstream_headers(inbound: Mapping[str, str], *, json_body: bool, accept: str | None) -> CIMultiDict[str]:
+def _upstream_headers(
+    inbound: Mapping[str, str], *, json_body: bool, accept: str | None, request_id: str = ""
+) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in inbound.items():
         if name.lower() not in _DROP_REQUEST:
             headers.add(name, value)
+    if request_id:
+        headers["X-Request-Id"] = request_id
     if json_body:
         headers["Content-Type"] = "application/json"
     if accept is not None:
@@ -119,7 +131,7 @@ async def forward(
                 payload = orjson.loads(exchange.body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-        ctx.payload = payload
+        ctx.payload = exchange.payload = payload  # the access log reads its model
     bodies: list[bytes | None] = [exchange.body or None]
     fanout = False
     if route.request_mapper is not None and parse:
@@ -138,11 +150,15 @@ async def forward(
     streamed = ctx.stream and answer is not None and hasattr(answer, "stream")
     # An answer mapper reads the body: ask only for what decode_body undoes; a stream translator reads raw bytes.
     accept = None if answer is None else "identity" if streamed else "gzip, deflate"
-    headers = _upstream_headers(exchange.headers, json_body=route.request_mapper is not None and parse, accept=accept)
+    json_body = route.request_mapper is not None and parse
+    headers = _upstream_headers(exchange.headers, json_body=json_body, accept=accept, request_id=exchange.request_id)
     if streamed:
         response = await relay_stream(request, exchange, ctx, client, headers, bodies, answer)
         tokens = ctx.state.get(USAGE_TOKENS)
         exchange.tokens = tokens if isinstance(tokens, int) else None
+        counts = ctx.state.get(USAGE_COUNTS)
+        if isinstance(counts, tuple) and len(counts) == 2:
+            exchange.tokens_in, exchange.tokens_out = counts
         return response
     if len(bodies) == 1 and not fanout:
         return await _single(request, exchange, ctx, client, headers, bodies[0], answer, redactor)
@@ -174,7 +190,7 @@ async def _single(
             return web.Response(status=resp.status, body=data, headers=_answer_headers(resp.headers, False))
         raise error
     mapped = await _map_answer(answer, resp.headers.get("Content-Type"), data, ctx, redactor)
-    exchange.tokens = usage_tokens(mapped)
+    _count(exchange, mapped)
     return _json_response(mapped)
 
 
@@ -220,7 +236,7 @@ async def _pass_through(
             await out.write(chunk)
         await out.write_eof()
         if kept:
-            exchange.tokens = _passed_usage(b"".join(kept))
+            _passed_usage(exchange, b"".join(kept))
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
         # The status line is gone: all that is left is to cut the body short, so the client sees it is incomplete.
         log.warning("%s %s: the upstream answer broke off: %r", exchange.method, exchange.path, exc)
@@ -267,5 +283,5 @@ async def _fanout(
     exchange.upstream_seconds = time.perf_counter() - started
     ctx.reply_headers.extend(h for h, _ in results)
     mapped = await _map_answer(answer, None, [d for _, d in results], ctx, redactor)
-    exchange.tokens = usage_tokens(mapped)
+    _count(exchange, mapped)
     return _json_response(mapped)

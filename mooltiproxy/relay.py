@@ -44,8 +44,11 @@ class Exchange:
         "path",
         "payload",
         "query",
+        "request_id",
         "started",
         "tokens",
+        "tokens_in",
+        "tokens_out",
         "upstream_seconds",
     )
 
@@ -66,6 +69,11 @@ class Exchange:
         self.count_tokens = False
         #: prompt + completion tokens of the answer, when known
         self.tokens: int | None = None
+        #: prompt and completion tokens of the answer, when known (for the metrics and the access log)
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        #: sent to the target as ``X-Request-Id`` (empty: none)
+        self.request_id = ""
 
     def send(
         self, client: Upstream, path: str, headers: CIMultiDict[str], body: bytes | None

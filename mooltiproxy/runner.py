@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import ssl
 import sys
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .config.model import Settings
+from .logs import configure_logging as _configure_logging
 from .server import create_app
 
 __all__ = ["run", "serve_forever", "start_gateway"]
@@ -29,16 +29,22 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def start_gateway(
-    settings: Settings, host: str | None = None, port: int | None = None
+    settings: Settings, host: str | None = None, port: int | None = None, *, reuse_port: bool = False
 ) -> tuple[web.AppRunner, str]:
-    """Start the gateway; return its runner (``await runner.cleanup()`` stops it) and its base URL."""
+    """Start the gateway; return its runner (``await runner.cleanup()`` stops it: it stops accepting, lets the
+    requests in flight finish within ``settings.grace_seconds``, then closes) and its base URL.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, as every worker of one ``serve`` does on the same port."""
     app = create_app(settings)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # aiohttp reads a shutdown timeout of 0 as none at all: the smallest grace is a millisecond.
+    grace = max(settings.grace_seconds, 0.001)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace)
     await runner.setup()
     try:
         context = ssl_context(settings)
-        site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port, ssl_context=context)
+        bind_host, bind_port = host or settings.host, settings.port if port is None else port
+        site = web.TCPSite(runner, bind_host, bind_port, ssl_context=context, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:
         await runner.cleanup()  # closes the upstream clients opened at start-up
@@ -86,11 +92,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main)  # pragma: no cover
 
 
-def configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        logging.getLogger("aiohttp").setLevel(logging.WARNING)
+def configure_logging(debug: bool, log_format: str = "text") -> None:
+    """Log to standard error as text, or one JSON object per line (see ``logs``)."""
+    _configure_logging(debug, log_format)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -17,12 +18,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import logs
 from .config.model import Settings
-from .errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
+from .errors import BadRequest, Forbidden, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from .guard import Guard
 from .health import watch
 from .keys import KeyRing, KeyStore, permit
 from .limits import Limiter
+from .live import Carried, Live
+from .metrics import Metrics
 from .models import ModelList
 from .proxy import Exchange, forward
 from .redact import Redactor
@@ -31,12 +35,15 @@ from .routing import model_of, parse_json, pick_target, renamed, routes
 from .state import open_state
 from .upstream import Unavailable, Upstream
 
-__all__ = ["HEALTH_PATH", "create_app"]
+__all__ = ["HEALTH_PATH", "LIVE", "METRICS_PATH", "create_app"]
 
-access_log = logging.getLogger("mooltiproxy.access")
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 log = logging.getLogger("mooltiproxy")
 
 HEALTH_PATH = "/-/health"
+#: the application's ``Live``: the gateway serving new requests (see ``live``)
+LIVE = web.AppKey("live", Live)
+METRICS_PATH = "/-/metrics"
 COUNT_TOKENS = "/messages/count_tokens"
 _PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _EXPOSED = "Retry-After, X-Request-Id, X-Prompt-Tokens, X-Generated-Tokens"
@@ -45,10 +52,15 @@ _EXPOSED = "Retry-After, X-Request-Id, X-Prompt-Tokens, X-Generated-Tokens"
 class Gateway:
     """Per-process state: settings, the guard with its ban list, one upstream client per target."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, carried: Carried | None = None) -> None:
         self.settings = settings
-        self.state = open_state(settings.redis)
-        self.keys = KeyRing(KeyStore(settings.keys_db), self.state.unban) if settings.keys_db else None
+        #: what this gateway takes over from the one it replaces on a reload (``live.carry_over`` decides)
+        self.carried = carried or Carried()
+        self.state = self.carried.state or open_state(settings.redis)
+        if self.carried.keys is not None:
+            self.keys: KeyRing | None = self.carried.keys
+        else:
+            self.keys = KeyRing(KeyStore(settings.keys_db), self.state.unban) if settings.keys_db else None
         self.limiter = Limiter(self.state, settings.redis_limits_on_failure)
         self.guard = Guard(
             settings.master_key,
@@ -69,9 +81,18 @@ class Gateway:
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
         self.watchers: list[asyncio.Future[None]] = []
+        self.metrics = self.carried.metrics or Metrics(self.upstreams)
+        self.metrics.replicas.upstreams = self.upstreams
+        self.guard.on_failure = self.metrics.auth_failed
+        self.guard.on_ban = self.metrics.banned
+        #: the key-less listener of ``system.metrics_host``
+        self.metrics_runner: web.AppRunner | None = self.carried.metrics_runner
 
     async def start(self, _app: web.Application) -> None:
-        if self.keys is not None:
+        if self.settings.metrics_host is not None and self.metrics_runner is None:
+            # first: a port in use stops the start before anything runs
+            self.metrics_runner = await self.metrics.listen(*self.settings.metrics_host, METRICS_PATH)
+        if self.keys is not None and self.keys is not self.carried.keys:
             await self.keys.start()
         for upstream in self.upstreams.values():
             await upstream.start()
@@ -87,6 +108,8 @@ class Gateway:
         if self.keys is not None:
             await self.keys.stop()
         await self.state.close()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
 
     def allowed_origin(self, origin: str | None) -> str | None:
         if origin is None:
@@ -97,8 +120,12 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        info = logs.start(request.headers.get("X-Request-Id"))
+        self.metrics.in_flight.inc()
         ip = request.remote or "unknown"
         target_name = "-"
+        route_label = "unrouted"  # a fixed word or a mapped path, never the raw path (bounded label values)
+        payload: Any = None
         exchange: Exchange | None = None
         response: web.StreamResponse | None = None
         anthropic = _is_anthropic(request.path)  # errors in Anthropic's shape
@@ -109,16 +136,26 @@ class Gateway:
             ip = self.guard.client_ip(request.remote, forwarded)
             path = request.path
             if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
-                response = web.json_response({"status": "ok"})
+                route_label = "health"
+                response = web.json_response({"status": "ok", "pid": os.getpid()})  # the worker that answered
                 return response
+            metrics = path == METRICS_PATH and request.method in ("GET", "HEAD")
+            if metrics and self.settings.metrics_host is not None:
+                raise NotFound(f"no route for '{path}': the metrics are served on system.metrics_host")
             if request.method == "OPTIONS":
+                route_label = "preflight"
                 await self.guard.check_address(ip)
                 response = self.preflight(request)
                 return response
             key = await self.guard.check(ip, request.headers.get("Authorization"), request.headers.get("x-api-key"))
+            if metrics:
+                route_label = "metrics"
+                if key is not None:
+                    raise Forbidden("the metrics need the master key", code="master_key_required")
+                response = await self.metrics.answer()
+                return response
             header = request.headers.get("target")
             body: bytes | None = None
-            payload: Any = None
             if not header and self.settings.model_index and request.method == "POST":
                 body = await self.read(request)
                 payload = parse_json(request.headers, body)
@@ -135,21 +172,25 @@ class Gateway:
                 anthropic = True
             if route is None:
                 if request.method == "GET" and ModelList.handles(path):
+                    route_label = "models"
                     response = await self.models.answer(path, target.name if header else None)
                     return response
                 if _bare(path) == COUNT_TOKENS:
                     raise GatewayError(f"target '{target.name}' cannot count tokens", status=501, code="not_supported")
                 raise NotFound(f"no route for '{path}' on target '{target.name}'", code="unknown_route")
             if not header and self.settings.model_index and request.method == "GET" and ModelList.handles(path):
+                route_label = "models"
                 response = await self.models.answer(path, None)  # every routable model, not one target's list
                 return response
+            route_label = route.inbound  # also for what goes wrong before a hop (405, 413...)
             hops = routes(self.settings, target, route, path, request.method)
             if body is None:
                 body = await self.read(request)
             query = request.raw_path.partition("?")[2]
             for i, hop in enumerate(hops):
-                target_name = hop.target.name
+                target_name, route_label = hop.target.name, hop.route.inbound
                 exchange = Exchange(request.method, path, query, request.headers, body)
+                exchange.request_id = info.id
                 if i > 0:  # a mapper may have changed the parsed body in place: a fallback starts from the bytes
                     payload = None
                 if hop.target.models and request.method == "POST":
@@ -185,18 +226,50 @@ class Gateway:
             response = self.error_response(internal_error(exc, request.method, request.path), anthropic)
             return response
         finally:
-            status = response.status if response is not None else 499
-            upstream_ms = exchange.upstream_seconds * 1000 if exchange else 0.0
-            access_log.info(
-                '%s "%s %s" target=%s status=%d upstream_ms=%.1f total_ms=%.1f',
-                ip,
-                request.method,
-                request.path,
-                target_name,
-                status,
-                upstream_ms,
-                (time.perf_counter() - started) * 1000,
-            )
+            self.done(request, info, started, ip, target_name, route_label, response, exchange, payload)
+
+    def done(
+        self,
+        request: web.Request,
+        info: logs.RequestInfo,
+        started: float,
+        ip: str,
+        target: str,
+        route: str,
+        response: web.StreamResponse | None,
+        exchange: Exchange | None,
+        payload: Any,
+    ) -> None:
+        """A request is over: its access line and its metrics."""
+        total = time.perf_counter() - started
+        info.open = False
+        status = response.status if response is not None else 499
+        upstream = exchange.upstream_seconds if exchange is not None else 0.0
+        tokens_in = exchange.tokens_in if exchange is not None else None
+        tokens_out = exchange.tokens_out if exchange is not None else None
+        metrics = self.metrics
+        # The gateway's own time, where a target answered; a stream's total is the stream's length, not ours.
+        added = total - upstream if upstream > 0 and not info.stream else None
+        metrics.observe(target, route, status, upstream or None, added, tokens_in, tokens_out)
+        metrics.in_flight.dec()
+        if info.stream:
+            metrics.in_flight_streams.dec()
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "request_id": info.id,
+                "client": ip,
+                "method": request.method,
+                "path": request.path,
+                "target": target,
+                "route": route,
+                "model": model_of(exchange.payload if exchange is not None else payload),
+                "status": status,
+                "upstream_ms": round(upstream * 1000, 1),
+                "total_ms": round(total * 1000, 1),
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+            }
+            access_log.info(logs.ACCESS_TEXT, fields)
 
     async def read(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_size
@@ -230,8 +303,17 @@ class Gateway:
         return web.Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Headers every answer gets: no server version for scanners, CORS for browser pages."""
+        """Headers every answer gets: no server version for scanners, the request id, CORS for browser pages."""
         response.headers["Server"] = "mooltiproxy"
+        info = logs.current.get()
+        if info is not None:
+            theirs = response.headers.get("X-Request-Id")
+            if theirs is not None and theirs != info.id:  # the target's own id, kept under another name
+                response.headers["X-Upstream-Request-Id"] = theirs
+            response.headers["X-Request-Id"] = info.id
+            if info.open and response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                info.stream = True
+                self.metrics.in_flight_streams.inc()
         allowed = self.allowed_origin(request.headers.get("Origin"))
         if allowed is not None:
             response.headers["Access-Control-Allow-Origin"] = allowed
@@ -252,12 +334,15 @@ def _is_anthropic(path: str) -> bool:
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway's application. Serve it with ``handler_cancellation=True`` (as ``runner.start_gateway`` does),
-    so that a client that disconnects cancels its upstream request; aiohttp's default keeps it running."""
-    gateway = Gateway(settings)
+    so that a client that disconnects cancels its upstream request; aiohttp's default keeps it running.
+
+    ``app[LIVE]`` passes each request on to the current gateway; ``live.reload`` replaces it."""
+    live = Live(Gateway(settings))
     # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
     app = web.Application(client_max_size=settings.max_body_size + 1)
-    app.router.add_route("*", "/{tail:.*}", gateway.handle)
-    app.on_startup.append(gateway.start)
-    app.on_cleanup.append(gateway.stop)
-    app.on_response_prepare.append(gateway.on_prepare)
+    app[LIVE] = live
+    app.router.add_route("*", "/{tail:.*}", live.handle)
+    app.on_startup.append(live.start)
+    app.on_cleanup.append(live.stop)
+    app.on_response_prepare.append(live.on_prepare)
     return app

@@ -8,6 +8,7 @@ read here and nowhere else: ``MOOLTIPROXY_KEY`` (the master key) and each target
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .targets import model_index, resolve_targets
 __all__ = ["build_settings", "load_config", "read_config_file"]
 
 KEY_ENV = "MOOLTIPROXY_KEY"
+#: the PID file's name when ``system.pid_file`` is unset, next to the config file
+PID_FILE = "mooltiproxy.pid"
 _SECTIONS = ("system", "cerbere", "targets", "templates")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -88,6 +91,10 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
                 problems.add(f"system.{key}", f"system.ssl is true but '{file}' does not exist")
     if system is not None and system.redis is not None and not system.redis.startswith(_REDIS_SCHEMES):
         problems.add("system.redis", f"expected a URL such as redis://127.0.0.1:6379/0, not '{system.redis}'")
+    metrics_host = _host_port(system.metrics_host, "system.metrics_host", problems) if system is not None else None
+    workers = raw["system"].get("workers") if isinstance(raw.get("system"), dict) else None
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers < 1:  # checked even if system is not
+        problems.add("system.workers", f"expected a number of processes (1 or more) or 'auto', not {workers}")
 
     if problems.items or system is None or cerbere is None or master_key is None or default is None:
         raise ConfigError(problems.items or ["invalid config"], source=source)
@@ -99,6 +106,8 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
         default_target=default,
         timeout=system.timeout,
         debug=system.debug,
+        log_format=system.log_format,
+        metrics_host=metrics_host,
         ssl_certfile=str(base_dir / system.certfile) if system.ssl else None,
         ssl_keyfile=str(base_dir / system.keyfile) if system.ssl else None,
         trusted_proxies=trusted,
@@ -113,11 +122,26 @@ def build_settings(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: 
         keys_db=str(base_dir / system.keys_db) if system.keys_db else None,
         redis=system.redis,
         redis_limits_on_failure=system.redis_limits_on_failure,
+        workers=(os.cpu_count() or 1) if system.workers == "auto" else system.workers,
+        grace_seconds=system.grace_seconds,
+        pid_file=str(base_dir / (system.pid_file or PID_FILE)),
         key_from_file=key_from_file,
         source=source,
         warnings=tuple(warnings),
         model_index=model_index(targets),
     )
+
+
+def _host_port(value: str | None, where: str, problems: Problems) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6) as a pair; None when unset or wrong (then reported)."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or int(port) > 65535:
+        problems.add(where, f"expected HOST:PORT such as 127.0.0.1:9100, not '{value}'")
+        return None
+    return host, int(port)
 
 
 def _raw_list(raw: Mapping[str, Any], section: str, key: str) -> list[Any]:

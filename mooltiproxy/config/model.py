@@ -102,6 +102,10 @@ class Settings:
     default_target: str
     timeout: float = 30.0
     debug: bool = False
+    #: "text" or "json" (one object per line)
+    log_format: str = "text"
+    #: (host, port) of the key-less metrics listener, or None: ``/-/metrics`` on the main port with the master key
+    metrics_host: tuple[str, int] | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -119,6 +123,12 @@ class Settings:
     #: Redis URL of the shared state, or None: the process's memory
     redis: str | None = None
     redis_limits_on_failure: str = "open"
+    #: worker processes (``auto`` resolved to the number of cores); 1: the serving process itself
+    workers: int = 1
+    #: seconds in-flight requests get on SIGTERM
+    grace_seconds: float = 30.0
+    #: the PID file ``serve`` writes (resolved against the config file's folder), or None: none
+    pid_file: str | None = None
     #: True when the master key came from the config file rather than MOOLTIPROXY_KEY
     key_from_file: bool = False
     source: str = "config"

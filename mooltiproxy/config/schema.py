@@ -32,6 +32,10 @@ class SystemSection(_Strict):
     certfile: str = "certificates/cert.pem"
     keyfile: str = "certificates/key.pem"
     debug: bool = False
+    #: ``json``: one JSON object per log line (the access line with its fields)
+    log_format: Literal["text", "json"] = "text"
+    #: ``HOST:PORT`` of a listener serving ``/-/metrics`` without a key (unset: on the main port, master key needed)
+    metrics_host: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     #: seconds; bounds the upstream connect and every read (between chunks for streams)
@@ -54,6 +58,12 @@ class SystemSection(_Strict):
     redis: str | None = None
     #: while Redis is unreachable, requests of keys with limits go on (open) or get a 503 (closed)
     redis_limits_on_failure: Literal["open", "closed"] = "open"
+    #: processes serving the port (``auto``: one per core); 1 serves from the ``serve`` process itself
+    workers: int | Literal["auto"] = 1
+    #: seconds in-flight requests and streams get to finish on SIGTERM before they are cut
+    grace_seconds: float = Field(default=30, ge=0)
+    #: where ``serve`` writes its PID for ``mooltiproxy reload`` (default: mooltiproxy.pid next to the config)
+    pid_file: str | None = None
 
 
 class CerbereSection(_Strict):

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamStatus
-from ..plugin import MappingContext
+from ..plugin import USAGE_COUNTS, MappingContext
 from ..sse import SSEDecoder
 from ._anthropic_common import AnthropicState, tool_id_out
 from ._common import int_header
@@ -112,6 +112,7 @@ class AnthropicStream:
         if self._closed:
             return b""
         self._closed = True
+        self._ctx.state[USAGE_COUNTS] = (self._prompt, self._output)
         reason, sequence = stop_reason(self._finish, self._matched, self._state.stops, bool(self._tools))
         usage: dict[str, int] = {"output_tokens": self._output or 0}
         if self._prompt is not None:

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError, UpstreamError
-from ..plugin import USAGE_TOKENS, MappingContext
+from ..plugin import USAGE_COUNTS, USAGE_TOKENS, MappingContext
 from ..sse import DONE, SSEDecoder, encode_data
 from ._common import (
     ChatLogprobs,
@@ -128,6 +128,7 @@ class OpenAIStream:
             completion += choice.tokens
         prompt_total = sum(prompts.values())
         self._ctx.state[USAGE_TOKENS] = prompt_total + completion
+        self._ctx.state[USAGE_COUNTS] = (prompt_total, completion)
         if not self._state.include_usage:
             return DONE
         usage = {

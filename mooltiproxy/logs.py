@@ -1,0 +1,109 @@
+"""Request ids and the log formats.
+
+Every request has an id: the client's ``X-Request-Id`` when it is a sane value (1 to 128 visible ASCII characters,
+no spaces), else a new one (32 hex digits). It is sent to the target, returned on every answer and written in the
+access line; with ``system.log_format: json``, every record logged while the request is served carries it too.
+
+``json``: one JSON object per line. The access line (logger ``mooltiproxy.access``) has the fields ``time``,
+``level``, ``request_id``, ``client``, ``method``, ``path``, ``target``, ``route``, ``model``, ``status``,
+``upstream_ms``, ``total_ms``, ``tokens_in``, ``tokens_out``; other records have ``time``, ``level``, ``logger``,
+``message`` (and ``request_id`` during a request, ``error`` with the traceback of an exception).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import datetime, timezone
+
+import orjson
+
+__all__ = ["ACCESS_LOGGER", "ACCESS_TEXT", "JsonFormatter", "RequestInfo", "configure_logging", "current", "start"]
+
+ACCESS_LOGGER = "mooltiproxy.access"
+#: the text access line, formatted from the access record's fields
+ACCESS_TEXT = (
+    '%(client)s "%(method)s %(path)s" target=%(target)s status=%(status)d upstream_ms=%(upstream_ms).1f'
+    " total_ms=%(total_ms).1f request_id=%(request_id)s"
+)
+_TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TEXT_PID = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+_MAX_ID = 128
+
+
+class RequestInfo:
+    """The request being served (one per request: aiohttp runs each request in a task of its own)."""
+
+    __slots__ = ("id", "open", "stream")
+
+    def __init__(self, request_id: str) -> None:
+        self.id = request_id
+        #: the handler has not finished yet
+        self.open = True
+        #: the answer is an event stream that has started (counted in the in-flight streams until the end)
+        self.stream = False
+
+
+current: ContextVar[RequestInfo | None] = ContextVar("mooltiproxy_request", default=None)
+
+
+def sane(value: str | None) -> bool:
+    """A client's request id worth keeping: 1-128 visible ASCII characters."""
+    return (
+        value is not None and 0 < len(value) <= _MAX_ID and value.isascii() and value.isprintable() and " " not in value
+    )
+
+
+def start(header: str | None) -> RequestInfo:
+    """The id of a new request (the client's when sane, else a new one), made current."""
+    info = RequestInfo(header if header is not None and sane(header) else secrets.token_hex(16))
+    current.set(info)
+    return info
+
+
+def _time(created: float) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; the access record's fields are its arguments (a mapping).
+
+    ``pid``: each object also has the ``pid`` of the process that wrote it."""
+
+    def __init__(self, pid: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {"time": _time(record.created), "level": record.levelname.lower()}
+        if self.pid:
+            out["pid"] = record.process
+        if record.name == ACCESS_LOGGER and isinstance(record.args, Mapping):
+            out.update(record.args)
+        else:
+            out["logger"] = record.name
+            out["message"] = record.getMessage()
+            info = current.get()
+            if info is not None:
+                out["request_id"] = info.id
+            if record.exc_info:
+                out["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure_logging(debug: bool, log_format: str = "text", pid: bool = False) -> None:
+    """Log to standard error, as text (the default) or one JSON object per line.
+
+    ``pid``: every record says which process wrote it (``[PID]`` after the level, or a ``pid`` field), as the
+    processes of ``serve --workers N`` do."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(pid=pid))
+    else:
+        handler.setFormatter(logging.Formatter(_TEXT_PID if pid else _TEXT))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
+    if not debug:
+        logging.getLogger("aiohttp").setLevel(logging.WARNING)
