@@ -20,8 +20,14 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
+from mooltiproxy.keys import KeyStore
+
 from .conftest import KEY
 from .http import request
+from .redisserver import RedisServer, redis_server
+from .test_keys import fresh_window
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -328,3 +334,15 @@ def test_a_port_in_use_stops_the_workers_before_they_start(tmp_path: Path) -> No
         )
     assert done.returncode == 3
     assert "mooltiproxy: cannot listen:" in done.stderr
+
+
+def test_two_workers_share_one_key_limit_through_redis(
+    serve: Callable[..., Served], tgi: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    key = KeyStore(tmp_path / "keys.db").add("team", rpm=5)
+    settings = config(tgi, {"/info": {"methods": ["GET"]}}, redis=redis_server.url, keys_db="keys.db")
+    served = serve(settings, "--workers", "2")
+    assert len({served.pid() for _ in range(40)}) == 2  # both workers take connections
+    fresh_window()
+    codes = [request("GET", served.url + "/info", headers={"Authorization": f"Bearer {key}"}).status for _ in range(12)]
+    assert codes.count(200) == 5 and codes.count(429) == 7  # the sum over the workers, not 5 each
