@@ -100,14 +100,28 @@ class Servers:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
-    def start_gateway(self, scenarios: Iterable[str]) -> None:
+    def start_gateway(self, scenarios: Iterable[str], workers: int | None = None) -> None:
+        """Start the gateway; ``workers``: run it as ``serve --workers N`` (N processes sharing the port)."""
         path = self.write_gateway_config(scenarios)
+        extra = ["--workers", str(workers)] if workers else []
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOOLTIPROXY_")}
         env["MOOLTIPROXY_KEY"] = self.key
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
         log = self.procs.log(self.gateway_log)
         proc = self.procs.start(
-            [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "mooltiproxy",
+                "serve",
+                "--config",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *extra,
+            ],
             self.gateway_cpus,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -137,6 +151,13 @@ class Servers:
     def check_gateway(self) -> None:
         if self.gateway_proc is not None and self.gateway_proc.poll() is not None:
             raise BenchError(f"the gateway exited (status {self.gateway_proc.returncode})\n{tail(self.gateway_log)}")
+
+    def stop_gateway(self) -> None:
+        """Stop the gateway (a supervisor stops its workers first), so that another one can be started."""
+        if self.gateway_proc is not None:
+            self.procs.stop(self.gateway_proc, grace=15.0)
+            self.gateway_proc = None
+            self.gateway_url = ""
 
     def close(self) -> None:
         """Stop every subprocess and remove the scratch directory."""
