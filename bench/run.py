@@ -32,7 +32,7 @@ from machine import machine_info
 from measure import RUN_OVERHEAD_S, Meter, process_rss_mb, settle
 from processes import BENCH_DIR, BenchError, guarded
 from report import fmt, print_report, summarise, write_json
-from scenarios import PACED_DELAY_MS, SCENARIOS, scenario_names
+from scenarios import PACED_DELAY_MS, SCENARIOS, add_load_options, check_load_options
 from servers import Servers
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
@@ -158,28 +158,11 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure the gateway against its upstream, in the same run.")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (default 5; 2 with --quick)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections for throughput")
-    parser.add_argument("--quick", action="store_true", help="short runs (about 110 s with every scenario)")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "builtin"), default="auto", help="throughput load generator"
-    )
-    parser.add_argument(
-        "--scenarios",
-        type=scenario_names,
-        default=[s.name for s in SCENARIOS],
-        help="comma-separated subset of: " + ", ".join(s.name for s in SCENARIOS),
-    )
+    add_load_options(parser, [s.name for s in SCENARIOS], "short runs (about 110 s with every scenario)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the raw results (JSON)")
     args = parser.parse_args(argv)
-    if args.duration is None:
-        args.duration = 2.0 if args.quick else 5.0
-    if args.duration <= 0 or args.duration > 600 or not 1 <= args.connections <= 10_000:
-        parser.error("--duration must be in (0, 600] and --connections in [1, 10000]")
-    unknown = set(args.scenarios) - {s.name for s in SCENARIOS}
-    if unknown or not args.scenarios:
-        parser.error(f"unknown or no scenarios: {', '.join(sorted(unknown))}")
+    check_load_options(parser, args)
     return args
 
 

@@ -8,6 +8,7 @@ chat, stream and OpenAI scenarios.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,3 +207,32 @@ SCENARIOS = (
 def scenario_names(text: str) -> list[str]:
     """``--scenarios`` as a list: ``"passthrough, chat"`` → ``["passthrough", "chat"]``."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_load_options(parser: argparse.ArgumentParser, scenarios: list[str], quick_help: str) -> None:
+    """The options every benchmark script takes: run length, connections, load generator, scenarios."""
+    parser.add_argument("--duration", type=float, help="seconds per throughput run (default 5; 2 with --quick)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections for throughput")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "builtin"), default="auto", help="throughput load generator"
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=scenario_names,
+        default=scenarios,
+        help="comma-separated subset of: "
+        + ", ".join(s.name for s in SCENARIOS)
+        + f" (default: {','.join(scenarios)})",
+    )
+
+
+def check_load_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in the default duration, and refuse out-of-range values or unknown scenarios."""
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 5.0
+    if args.duration <= 0 or args.duration > 600 or not 1 <= args.connections <= 10_000:
+        parser.error("--duration must be in (0, 600] and --connections in [1, 10000]")
+    unknown = set(args.scenarios) - {s.name for s in SCENARIOS}
+    if unknown or not args.scenarios:
+        parser.error(f"unknown or no scenarios: {', '.join(sorted(unknown))}")

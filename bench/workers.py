@@ -27,7 +27,7 @@ from machine import machine_info
 from measure import FOREIGN_LIMIT_PCT, own_cpu, process_cpu_seconds, settle, system_cpu
 from processes import BENCH_DIR, BenchError, guarded
 from report import fmt, write_json
-from scenarios import SCENARIOS, scenario_names
+from scenarios import SCENARIOS, add_load_options, check_load_options
 from servers import Servers
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "workers.json"
@@ -247,28 +247,11 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Throughput of serve --workers 2 against --workers 1.")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (default 5; 2 with --quick)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
-    parser.add_argument("--quick", action="store_true", help="short runs")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "builtin"), default="auto", help="throughput load generator"
-    )
-    parser.add_argument(
-        "--scenarios",
-        type=scenario_names,
-        default=DEFAULT_SCENARIOS,
-        help="comma-separated subset of: " + ", ".join(s.name for s in SCENARIOS) + " (default: passthrough,chat)",
-    )
+    add_load_options(parser, DEFAULT_SCENARIOS, "short runs")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the raw results (JSON)")
     args = parser.parse_args(argv)
-    if args.duration is None:
-        args.duration = 2.0 if args.quick else 5.0
+    check_load_options(parser, args)
     args.warmup = 0.5 if args.quick else 1.0
-    if args.duration <= 0 or args.duration > 600 or not 1 <= args.connections <= 10_000:
-        parser.error("--duration must be in (0, 600] and --connections in [1, 10000]")
-    unknown = set(args.scenarios) - {s.name for s in SCENARIOS}
-    if unknown or not args.scenarios:
-        parser.error(f"unknown or no scenarios: {', '.join(sorted(unknown))}")
     return args
 
 
