@@ -155,33 +155,29 @@ class Gateway:
                 response = await self.metrics.answer()
                 return response
             header = request.headers.get("target")
+            by_model = not header and bool(self.settings.model_index)
             body: bytes | None = None
-            if not header and self.settings.model_index and request.method == "POST":
+            # the body's model is needed to pick the target, or to check a virtual key's models
+            if request.method == "POST" and (by_model or (key is not None and key.models is not None)):
                 body = await self.read(request)
                 payload = parse_json(request.headers, body)
             target = pick_target(self.settings, header, model_of(payload))
             target_name = target.name
             if key is not None:  # a virtual key: its targets and models, then its limits
-                if payload is None and body is None and key.models is not None and request.method == "POST":
-                    body = await self.read(request)
-                    payload = parse_json(request.headers, body)
                 permit(key, target.name, model_of(payload))
                 await self.limiter.admit(key)
             route = target.find(path)
             if route is not None and getattr(route.answer_mapper, "error_format", None) == "anthropic":
                 anthropic = True
+            # the gateway's model list where the target maps none, and always when models route (every one of them)
+            if request.method == "GET" and ModelList.handles(path) and (route is None or by_model):
+                route_label = "models"
+                response = await self.models.answer(path, target.name if header else None)
+                return response
             if route is None:
-                if request.method == "GET" and ModelList.handles(path):
-                    route_label = "models"
-                    response = await self.models.answer(path, target.name if header else None)
-                    return response
                 if _bare(path) == COUNT_TOKENS:
                     raise GatewayError(f"target '{target.name}' cannot count tokens", status=501, code="not_supported")
                 raise NotFound(f"no route for '{path}' on target '{target.name}'", code="unknown_route")
-            if not header and self.settings.model_index and request.method == "GET" and ModelList.handles(path):
-                route_label = "models"
-                response = await self.models.answer(path, None)  # every routable model, not one target's list
-                return response
             route_label = route.inbound  # also for what goes wrong before a hop (405, 413...)
             hops = routes(self.settings, target, route, path, request.method)
             if body is None:
