@@ -59,13 +59,22 @@ class Loader:
     wrk: str | None = None
 
     def load_for(
-        self, scenario: Scenario, via_gateway: bool, connections: int, duration: float, tool: str, query: str = ""
+        self,
+        scenario: Scenario,
+        via_gateway: bool,
+        connections: int,
+        duration: float,
+        tool: str,
+        query: str = "",
+        *,
+        nginx: bool = False,
     ) -> Load:
+        """The scenario's load through the gateway, or its direct call (through the nginx hop with ``nginx``)."""
         if via_gateway:
             url = self.servers.gateway_url + scenario.gateway_path
             body, expect = scenario.gateway_body, scenario.gateway_expect
         else:
-            url = self.servers.upstream_url + scenario.direct_path
+            url = (self.servers.nginx_url if nginx else self.servers.upstream_url) + scenario.direct_path
             body, expect = scenario.direct_body, scenario.direct_expect
         url += query
         headers = self.servers.headers(via_gateway, scenario.x_api_key)

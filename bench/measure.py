@@ -148,10 +148,11 @@ class Meter:
     started: float = field(default_factory=time.monotonic)
     retries: int = 0
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, proxy_pid: int | None = None) -> Snapshot:
+        """CPU times now; ``proxy_pid``: the process in the gateway's place (the nginx hop), default the gateway."""
         gateway, upstream = self.servers.gateway_proc, self.servers.upstream_proc
         assert gateway is not None and upstream is not None
-        return Snapshot.take(gateway.pid, upstream.pid)
+        return Snapshot.take(proxy_pid or gateway.pid, upstream.pid)
 
     def wait_quiet(self, max_wait: float) -> float:
         """Wait (at most ``max_wait`` s, and only while time allows) until foreign load is low; seconds waited."""
@@ -167,14 +168,17 @@ class Meter:
                 return waited
             time.sleep(0.3)
 
-    def measure(self, load: Load, max_wait: float) -> dict[str, Any]:
-        """Apply a load while accounting CPU; re-run once when foreign load polluted it and time allows."""
+    def measure(self, load: Load, max_wait: float, proxy_pid: int | None = None) -> dict[str, Any]:
+        """Apply a load while accounting CPU; re-run once when foreign load polluted it and time allows.
+
+        ``proxy_pid``: the process whose CPU goes in the ``gateway_*`` fields (the nginx hop's), default the
+        gateway's."""
         best: dict[str, Any] | None = None
         for attempt in (1, 2):
             waited = self.wait_quiet(max_wait)
-            before = self.snapshot()
+            before = self.snapshot(proxy_pid)
             result = self.loader.apply(load)
-            after = self.snapshot()
+            after = self.snapshot(proxy_pid)
             result.update(window(before, after))
             result["waited_for_quiet_s"] = round(waited, 2)
             result["connections"] = load.connections

@@ -30,6 +30,7 @@ from checks import verify
 from load import Loader
 from machine import machine_info
 from measure import RUN_OVERHEAD_S, Meter, process_rss_mb, settle
+from nginx import nginx_version
 from processes import BENCH_DIR, BenchError, guarded
 from report import fmt, print_report, summarise, write_json
 from scenarios import PACED_DELAY_MS, SCENARIOS, add_load_options, check_load_options
@@ -37,28 +38,31 @@ from servers import Servers
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 
-#: one planned run: label, through the gateway, connections, seconds, load generator, query string
-Step = tuple[str, bool, int, float, str, str]
+#: one planned run: label, where it goes (``direct``, ``gateway`` or ``nginx``), connections, seconds, load
+#: generator, query string
+Step = tuple[str, str, int, float, str, str]
 
 
 def plan_runs(
-    scenarios: list[str], connections: int, duration: float, c1_duration: float, tool: str
+    scenarios: list[str], connections: int, duration: float, c1_duration: float, tool: str, nginx: bool = True
 ) -> dict[str, list[Step]]:
-    """The runs of each selected scenario, in order."""
+    """The runs of each selected scenario, in order; ``nginx``: with the run through the nginx hop."""
     plans: dict[str, list[Step]] = {}
     for scenario in SCENARIOS:
         if scenario.name not in scenarios:
             continue
         steps: list[Step] = [
-            ("direct", False, connections, duration, tool, ""),
-            ("gateway", True, connections, duration, tool, ""),
-            ("direct_c1", False, 1, c1_duration, "builtin", ""),
-            ("gateway_c1", True, 1, c1_duration, "builtin", ""),
+            ("direct", "direct", connections, duration, tool, ""),
+            ("gateway", "gateway", connections, duration, tool, ""),
+            ("direct_c1", "direct", 1, c1_duration, "builtin", ""),
+            ("gateway_c1", "gateway", 1, c1_duration, "builtin", ""),
         ]
+        if nginx:
+            steps.insert(2, ("nginx", "nginx", connections, duration, tool, ""))
         if scenario.stream:
             paced = f"?delay_ms={PACED_DELAY_MS:g}"
-            steps.append(("direct_paced", False, connections, duration, tool, paced))
-            steps.append(("gateway_paced", True, connections, duration, tool, paced))
+            steps.append(("direct_paced", "direct", connections, duration, tool, paced))
+            steps.append(("gateway_paced", "gateway", connections, duration, tool, paced))
         plans[scenario.name] = steps
     return plans
 
@@ -67,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
     wrk = shutil.which("wrk") if args.loadgen in ("auto", "wrk") else None
     if args.loadgen == "wrk" and wrk is None:
         raise BenchError("--loadgen wrk: wrk is not on PATH")
-    # the 14 planned runs of passthrough, chat and stream take about 35 s (--quick) or 75 s (default) with set-up;
+    # the 17 planned runs of passthrough, chat and stream take about 40 s (--quick) or 90 s (default) with set-up;
     # re-runs and waits for a quiet machine use the rest; more runs and longer runs get proportionally more
-    base_duration, base_budget = (2.0, 38.0) if args.quick else (5.0, 170.0)
+    base_duration, base_budget = (2.0, 46.0) if args.quick else (5.0, 200.0)
     steps = sum(len(s) for s in plan_runs(args.scenarios, args.connections, args.duration, 1.0, "builtin").values())
-    budget = base_budget * max(1.0, steps / 14) + max(0.0, steps * 1.5 * (args.duration - base_duration))
+    budget = base_budget * max(1.0, steps / 17) + max(0.0, steps * 1.5 * (args.duration - base_duration))
     servers = Servers()
     loader = Loader(servers, wrk)
     meter = Meter(servers, loader, budget)
@@ -96,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"load: {loadgen} for throughput at c={args.connections}, built-in generator at c=1", flush=True)
         servers.start_upstream()
         servers.start_gateway(args.scenarios)
-        print(f"upstream {servers.upstream_url}, gateway {servers.gateway_url}", flush=True)
+        nginx = not args.no_nginx and servers.start_nginx()
+        hop = f", nginx hop {servers.nginx_url}" if nginx else " (no nginx hop: no ratios to it)"
+        print(f"upstream {servers.upstream_url}, gateway {servers.gateway_url}{hop}", flush=True)
+        if nginx:
+            machine["versions"]["nginx"] = nginx_version()
         checks = asyncio.run(verify(servers, args.scenarios))
         for r in checks.results:
             if not r["ok"]:
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 "scenarios": {},
             }
         )
-        plans = plan_runs(args.scenarios, args.connections, duration, c1_duration, tool)
+        plans = plan_runs(args.scenarios, args.connections, duration, c1_duration, tool, nginx)
         meter.planned_s = sum(warmup + sum(step[3] + RUN_OVERHEAD_S for step in steps) for steps in plans.values())
         for scenario in SCENARIOS:
             if scenario.name not in plans:
@@ -129,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
             meter.planned_s -= warmup
             runs: dict[str, dict[str, Any]] = {}
             for label, via, conns, seconds, how, query in plans[scenario.name]:
-                load = loader.load_for(scenario, via, conns, seconds, how, query)
-                runs[label] = meter.measure(load, max_wait=2.0 if args.quick else 8.0)
+                load = loader.load_for(scenario, via == "gateway", conns, seconds, how, query, nginx=via == "nginx")
+                proxy = servers.nginx_proc.pid if via == "nginx" and servers.nginx_proc else None
+                runs[label] = meter.measure(load, max_wait=2.0 if args.quick else 8.0, proxy_pid=proxy)
                 r = runs[label]
-                cpu = f", gateway CPU {fmt(r['gateway_cpu_us_per_req'])} µs/req" if via else ""
+                cpu = f", {via} CPU {fmt(r['gateway_cpu_us_per_req'])} µs/req" if via != "direct" else ""
                 print(
                     f"  {label:<11} {fmt(r['rps']):>7} req/s, p50 {fmt(r['latency_ms'].get('p50'), 2)} ms, "
                     f"p99 {fmt(r['latency_ms'].get('p99'), 2)} ms, errors {r['errors']}{cpu}, "
@@ -160,6 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure the gateway against its upstream, in the same run.")
     add_load_options(parser, [s.name for s in SCENARIOS], "short runs (about 110 s with every scenario)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx hop (and the ratios to it)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the raw results (JSON)")
     args = parser.parse_args(argv)
     check_load_options(parser, args)

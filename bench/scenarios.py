@@ -27,7 +27,7 @@ __all__ = [
     "SCENARIOS",
     "STREAM_EVENTS",
     "STREAM_TOKEN",
-    "TARGETS_US",
+    "TARGETS_X",
     "TGI_REQUEST",
     "Scenario",
     "scenario_names",
@@ -43,8 +43,8 @@ ANTHROPIC_OPENAI_TARGET = "messages-openai"
 ANTHROPIC_TEMPLATE = "llama3"
 #: the ``anthropic-version`` header the Anthropic SDKs send
 ANTHROPIC_VERSION = "2023-06-01"
-#: the gateway's CPU time per request each scenario must stay under, at N connections
-TARGETS_US = {"passthrough": 400.0, "chat": 500.0}
+#: the most CPU per request the gateway may take, as a multiple of the nginx hop's in the same run (N connections)
+TARGETS_X = {"passthrough": 10.0, "chat": 12.0}
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer in plain English, cite no sources, and keep every answer short enough "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from nginx import find_nginx, start_nginx
 from processes import BENCH_DIR, REPO_DIR, BenchError, Processes, read_line, tail, wait_healthy
 from scenarios import ANTHROPIC_OPENAI_TARGET, ANTHROPIC_TEMPLATE, OPENAI_TARGET
 
@@ -47,6 +48,9 @@ class Servers:
     gateway_proc: subprocess.Popen[bytes] | None = None
     upstream_url: str = ""
     gateway_url: str = ""
+    #: the reference hop (``nginx.py``): nginx ``proxy_pass`` in front of the same upstream, on the gateway's CPU
+    nginx_proc: subprocess.Popen[bytes] | None = None
+    nginx_url: str = ""
 
     @property
     def gateway_log(self) -> Path:
@@ -72,6 +76,15 @@ class Servers:
         port = int(line.rsplit(":", 1)[1])
         self.upstream_url = f"http://127.0.0.1:{port}"
         wait_healthy(self.upstream_url + "/health", 10)
+
+    def start_nginx(self) -> bool:
+        """Start the nginx reference hop; False when nginx is not available."""
+        binary = find_nginx()
+        if binary is None:
+            return False
+        proc, url = start_nginx(self.procs, binary, self.tmp, self.upstream_url, self.gateway_cpus)
+        self.nginx_proc, self.nginx_url = proc, url
+        return True
 
     def write_gateway_config(self, scenarios: Iterable[str]) -> Path:
         """The gateway's config: ``/generate`` passed through; the chat, Anthropic and OpenAI routes when needed."""
