@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
-from yarl import URL
-
 from .balancer import Replica
 from .config.model import HealthCheck
 from .upstream import Upstream
@@ -23,15 +20,8 @@ log = logging.getLogger("mooltiproxy")
 
 async def probe(upstream: Upstream, replica: Replica, check: HealthCheck) -> bool:
     """One check of one replica; its result is recorded in the balancer and returned."""
-    url = URL(replica.origin + check.path, encoded=True)
-    headers = upstream.auth_headers()
-    try:
-        timeout = aiohttp.ClientTimeout(total=check.timeout)
-        async with upstream.session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
-            await resp.read()
-            ok = 200 <= resp.status < 300
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-        ok = False
+    status = await upstream.probe(replica, check.path, check.timeout)
+    ok = status is not None and 200 <= status < 300
     if ok != replica.healthy:
         state = "passes again" if ok else "fails"
         log.warning("target '%s': health check of %s %s", upstream.target.name, replica.url, state)

@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .client import ClientError
 from .config.model import Route, Target
 from .errors import BadRequest, GatewayError, UnsupportedMediaType, UpstreamError
 from .limits import usage_tokens
@@ -28,7 +28,7 @@ from .plugin import USAGE_COUNTS, USAGE_TOKENS, Fanout, MappingContext
 from .redact import Redactor
 from .relay import Exchange, call_mapper, relay_stream, upstream_failure
 from .routing import is_json
-from .upstream import HOP_BY_HOP, Upstream, decode_body
+from .upstream import HOP_BY_HOP, Response, Upstream, decode_body
 
 __all__ = ["Exchange", "forward"]
 
@@ -213,7 +213,7 @@ async def _map_answer(
 
 
 async def _pass_through(
-    request: web.Request, exchange: Exchange, resp: aiohttp.ClientResponse, started: float
+    request: web.Request, exchange: Exchange, resp: Response, started: float
 ) -> web.StreamResponse:
     """Relay status, headers and body bytes as they come (compressed bodies untouched)."""
     out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=_answer_headers(resp.headers, True))
@@ -230,14 +230,14 @@ async def _pass_through(
         if size is not None and size <= _USAGE_READ_LIMIT and is_json(resp.headers.get("Content-Type")):
             kept = []
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.iter_any():
             if kept is not None:
                 kept.append(chunk)
             await out.write(chunk)
         await out.write_eof()
         if kept:
             _passed_usage(exchange, b"".join(kept))
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (ClientError, ConnectionError) as exc:
         # The status line is gone: all that is left is to cut the body short, so the client sees it is incomplete.
         log.warning("%s %s: the upstream answer broke off: %r", exchange.method, exchange.path, exc)
         if request.transport is not None:

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .errors import GatewayError, UpstreamError
 from .plugin import MappingContext, StreamTranslator
-from .upstream import Upstream, decode_body
+from .upstream import Response, Upstream, decode_body
 
 __all__ = ["INTERNAL_ERROR", "Exchange", "call_mapper", "internal_error", "relay_stream", "upstream_failure"]
 
@@ -77,7 +76,7 @@ class Exchange:
 
     def send(
         self, client: Upstream, path: str, headers: CIMultiDict[str], body: bytes | None
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    ) -> AbstractAsyncContextManager[Response]:
         """This request's method and query string, sent to ``client`` at ``path``."""
         return client.request(self.method, path, self.query, headers, body, final=self.final)
 
@@ -128,7 +127,7 @@ async def relay_stream(
                 ctx.reply_headers[index] = r.headers
                 if r.status >= 300:
                     raise upstream_failure(r.status, decode_body(await r.read(), r.headers), ctx, answer)
-                async for chunk in r.content.iter_any():
+                async for chunk in r.iter_any():
                     await queue.put((index, chunk))
             await queue.put((index, None))
         except asyncio.CancelledError:

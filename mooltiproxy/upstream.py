@@ -8,9 +8,9 @@ client yet and a stream is never retried once it started. When every attempt fai
 over as it came — or, when the target has fallbacks left (``final=False``), ``Unavailable`` is raised so the
 caller moves on to the next target.
 
-aiohttp errors never leave this module: unreachable → ``UpstreamError`` (502), timeout → ``UpstreamTimeout``
-(504). Bodies are not decompressed here (``auto_decompress=False``) so a pass-through route forwards the upstream
-bytes untouched; ``decode_body`` decodes them when a mapper needs to read them.
+The HTTP client is ``client.Pool``; its errors never leave this module: unreachable → ``UpstreamError`` (502),
+timeout → ``UpstreamTimeout`` (504). Bodies are not decompressed (a pass-through route forwards the upstream bytes
+untouched); ``decode_body`` decodes them when a mapper needs to read them.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from .balancer import Balancer, Replica
+from .client import ClientError, ConnectFailed, ConnectTimeout, Disconnected, InvalidHeader, Origin, Pool, ReadTimeout
+from .client import Response as Response
 from .config.model import Target
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import BadRequest, UpstreamError, UpstreamTimeout
 
-__all__ = ["HOP_BY_HOP", "RETRIED_STATUSES", "Unavailable", "Upstream", "decode_body", "retry_after"]
+__all__ = ["HOP_BY_HOP", "RETRIED_STATUSES", "Response", "Unavailable", "Upstream", "decode_body", "retry_after"]
 
 log = logging.getLogger("mooltiproxy")
 
@@ -55,8 +56,8 @@ RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 #: first pause before a replica is asked again (doubled each time), when it gave no Retry-After
 _BACKOFF = 0.05
 #: failures before the answer started, where the request cannot have been processed: another replica may take it
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_BROKEN_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_CONNECT_ERRORS = (ConnectFailed, ConnectTimeout)
+_BROKEN_ERRORS = (Disconnected,)
 
 
 class Unavailable(UpstreamError):
@@ -88,47 +89,49 @@ class Upstream:
         self.max_redirects = max_redirects
         self.balancer = Balancer(target.replicas, target.balance, target.cooldown)
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._authorization = f"Bearer {target.api_key}" if target.api_key else None
+        #: each replica's origin and base path, split once
+        self._bases = {r.url: _split(URL(r.url)) for r in self.balancer.replicas}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.target.timeout,
-            sock_connect=self.target.connect_timeout,
-            sock_read=self.target.timeout,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
+        self._pool = Pool(
+            limit=self._pool_size, connect_timeout=self.target.connect_timeout, read_timeout=self.target.timeout
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "Upstream.start() was not awaited"
-        return self._session
+    def pool(self) -> Pool:
+        assert self._pool is not None, "Upstream.start() was not awaited"
+        return self._pool
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": self._authorization} if self._authorization else {}
 
-    def url(self, path: str, query: str = "", replica: Replica | None = None) -> URL:
-        base = replica.url if replica is not None else self.target.url
-        raw = base + path + (f"?{query}" if query else "")
-        return URL(raw, encoded=True)
+    async def probe(self, replica: Replica, path: str, timeout: float) -> int | None:
+        """GET ``path`` on the replica's server (not under its base path): the status, None when it failed."""
+        origin, _ = self._bases[replica.url]
+        try:
+            headers = self.auth_headers().items()
+            response = await self.pool.request(origin, "GET", path, headers, None, read_timeout=timeout)
+        except ClientError:
+            return None
+        try:
+            await response.read()
+        except ClientError:
+            return None
+        finally:
+            response.release()
+        return response.status
 
     @asynccontextmanager
     async def request(
         self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | None, *, final: bool = True
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Response]:
         """Send one request to a replica (retrying, following redirects) and yield the answer, its body unread.
 
         ``headers`` is not changed: the target's key is added to a copy. ``final=False``: raise ``Unavailable``
@@ -157,7 +160,7 @@ class Upstream:
                     raise
                 except _BROKEN_ERRORS as exc:
                     balancer.failed(replica)
-                    failure = UpstreamError(f"target '{self.target.name}' failed: {type(exc).__name__}: {exc}")
+                    failure = UpstreamError(f"target '{self.target.name}' failed: {exc}")
                     continue
                 if response.status in RETRIED_STATUSES:
                     balancer.failed(replica, retry_after=retry_after(response.headers))
@@ -173,10 +176,10 @@ class Upstream:
                     balancer.succeeded(replica)
                 try:
                     yield response
-                except asyncio.TimeoutError as exc:  # reading the body, between two chunks
+                except ReadTimeout as exc:  # reading the body, between two chunks
                     raise self._timeout() from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError(f"target '{self.target.name}' failed: {type(exc).__name__}: {exc}") from exc
+                except ClientError as exc:
+                    raise UpstreamError(f"target '{self.target.name}' failed: {exc}") from exc
                 finally:
                     response.release()
                 return
@@ -213,32 +216,32 @@ class Upstream:
         return replica is not None and wait <= self.target.max_retry_wait
 
     def _unreachable(self, replica: Replica, exc: Exception) -> UpstreamError:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc)
-            return UpstreamError(f"target '{self.target.name}' is unreachable: {reason}")
+        if isinstance(exc, ConnectFailed):
+            return UpstreamError(f"target '{self.target.name}' is unreachable: {exc}")
         return UpstreamError(
             f"target '{self.target.name}' is unreachable: no connection within {self.target.connect_timeout:g} s"
         )
 
     async def _send(
         self, replica: Replica, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | None
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """One attempt on one replica, following redirects; connection errors are left to the caller."""
-        url = self.url(path, query, replica)
+        origin, base = self._bases[replica.url]
+        target = base + path + (f"?{query}" if query else "")
         headers = headers.copy()
         if self._authorization:
             headers["Authorization"] = self._authorization
         name = self.target.name
         try:
             for _hop in range(self.max_redirects + 1):
-                response = await self.session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False, compress=None
-                )
+                response = await self.pool.request(origin, method, target, headers.items(), body)
                 if response.status not in _REDIRECTS or "Location" not in response.headers:
                     return response
                 response.release()
+                url = URL(f"{origin.scheme}://{origin.host_header}{target}", encoded=True)
                 try:
                     location = url.join(URL(response.headers["Location"]))
+                    next_origin, target = _split(location, with_query=True)
                 except ValueError as exc:
                     raise UpstreamError(f"target '{name}' redirected to an invalid location") from exc
                 if not self.target.preserve_method and (
@@ -250,18 +253,28 @@ class Upstream:
                     # never hand a target's key (or cookies) to another origin, nor over a downgraded scheme
                     headers.popall("Authorization", None)
                     headers.popall("Cookie", None)
-                url = location
+                origin = next_origin
             response.release()
             raise UpstreamError(f"target '{name}' redirected more than {self.max_redirects} times")
         except (*_CONNECT_ERRORS, *_BROKEN_ERRORS):
             raise
-        except asyncio.TimeoutError as exc:
+        except ReadTimeout as exc:
             raise self._timeout() from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"target '{name}' failed: {type(exc).__name__}: {exc}") from exc
+        except InvalidHeader as exc:
+            raise BadRequest(f"the request cannot be forwarded: {exc}") from exc
+        except ClientError as exc:
+            raise UpstreamError(f"target '{name}' failed: {exc}") from exc
 
     def _timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout(f"target '{self.target.name}' did not answer within {self.target.timeout:g} s")
+
+
+def _split(url: URL, with_query: bool = False) -> tuple[Origin, str]:
+    """A URL's origin, and its path (with its query string when ``with_query``), as sent."""
+    if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
+        raise ValueError(f"not an http(s) URL: {url}")
+    path = url.raw_path_qs if with_query else url.raw_path.rstrip("/")
+    return Origin(url.scheme, url.raw_host, url.port), path
 
 
 def _same_site(current: URL, location: URL) -> bool:
