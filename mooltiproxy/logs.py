@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -94,6 +95,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """The text format, with the time of day formatted once per second rather than for every line."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 def configure_logging(debug: bool, log_format: str = "text", pid: bool = False) -> None:
     """Log to standard error, as text (the default) or one JSON object per line.
 
@@ -103,7 +117,12 @@ def configure_logging(debug: bool, log_format: str = "text", pid: bool = False) 
     if log_format == "json":
         handler.setFormatter(JsonFormatter(pid=pid))
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_PID if pid else _TEXT))
+        handler.setFormatter(TextFormatter(_TEXT_PID if pid else _TEXT))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
+    # No format here names the source line, the thread or the multiprocessing name: skip looking them up on every
+    # record (the logging HOWTO's "Optimization"), a few µs per access line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     if not debug:
         logging.getLogger("aiohttp").setLevel(logging.WARNING)
