@@ -94,9 +94,13 @@ def _check_reserved(kwargs: Mapping[str, Any] | None) -> None:
 
 def _compile(source: str, variant: str | None) -> jinja2.Template:
     try:
-        return _environment().from_string(source)
+        template = _environment().from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateCompileError(exc.message or str(exc), exc.lineno, variant) from None
+    # Jinja keeps a template's globals as a ChainMap over the environment's, merged into a new dict on every
+    # render; the environment's globals are final by now, so one plain dict renders the same, faster.
+    template.globals = dict(template.globals)
+    return template
 
 
 class JinjaTemplate:
