@@ -1,6 +1,7 @@
 """The ``mooltiproxy keys add|list|revoke`` and ``mooltiproxy unban`` commands.
 
-They read only the config file's ``system`` section (``keys_db``, ``redis``), so they work without the master key
+They read only the config file's ``system`` section (``keys_db``, ``redis``), and ``unban`` its
+``cerbere.ban_ipv6_prefix`` (an IPv6 address's ban is its network's), so they work without the master key
 and the targets' keys in the environment. A running gateway sees their changes within seconds (it reads the keys
 database every ``keys.REFRESH_SECONDS``); nothing needs a restart.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,8 +19,9 @@ import orjson
 
 from .config import read_config_file
 from .config.problems import Problems
-from .config.schema import SystemSection
+from .config.schema import CerbereSection, SystemSection
 from .errors import ConfigError
+from .guard import ban_subject, normal_address
 from .keys import KeyStore, describe, parse_expiry
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
@@ -67,25 +68,26 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _system(path: Path) -> tuple[SystemSection, Path]:
+def _system(path: Path) -> tuple[SystemSection, CerbereSection, Path]:
     raw = read_config_file(path)
     problems = Problems()
     system: SystemSection | None = problems.model(SystemSection, raw.get("system"), "system")
-    if system is None:
+    cerbere: CerbereSection | None = problems.model(CerbereSection, raw.get("cerbere"), "cerbere")
+    if system is None or cerbere is None:
         raise ConfigError(problems.items, source=str(path))
-    return system, path.parent
+    return system, cerbere, path.parent
 
 
 def run(args: argparse.Namespace, path: Path) -> int:
     try:
-        system, base = _system(path)
+        system, cerbere, base = _system(path)
     except ConfigError as exc:
         print(f"mooltiproxy: invalid configuration\n{exc}", file=sys.stderr)
         return 3
     store = KeyStore(base / system.keys_db) if system.keys_db else None
     try:
         if args.command == "unban":
-            return _unban(args.address, store, system.redis)
+            return _unban(args.address, store, system.redis, cerbere.ban_ipv6_prefix)
         if store is None:
             print(f"mooltiproxy: {path} has no system.keys_db: set it to use virtual keys", file=sys.stderr)
             return 2
@@ -145,12 +147,12 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _unban(address: str, store: KeyStore | None, redis_url: str | None) -> int:
-    try:
-        ip = str(ipaddress.ip_address(address.strip()))
-    except ValueError:
+def _unban(address: str, store: KeyStore | None, redis_url: str | None, ipv6_prefix: int) -> int:
+    normal = normal_address(address.strip())
+    if normal is None:
         print(f"mooltiproxy: '{address}' is not an IP address", file=sys.stderr)
         return 2
+    ip = ban_subject(normal, ipv6_prefix)
     if store is None and redis_url is None:
         print(
             "mooltiproxy: bans are kept in the running gateway's memory: set system.keys_db (running gateways read"

@@ -44,6 +44,8 @@ RESTART_ONLY = {
     "ssl_certfile": "system.ssl",
     "ssl_keyfile": "system.ssl",
     "max_body_size": "system.max_body_size",
+    "header_timeout": "system.header_timeout",
+    "max_connections": "system.max_connections",
     "log_format": "system.log_format",
     "debug": "system.debug",
     "workers": "system.workers",

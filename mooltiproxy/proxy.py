@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from .client import ClientError
 from .config.model import Route, Target
@@ -80,12 +80,25 @@ def _json_response(answer: Any) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _named_by_connection(headers: MultiMapping[str]) -> frozenset[str]:
+    """The headers a ``Connection`` header names: they concern that hop only (RFC 9110 §7.6.1)."""
+    if "Connection" not in headers:
+        return _NONE
+    names = (n.strip().lower() for v in headers.getall("Connection") for n in v.split(","))
+    return frozenset(n for n in names if n and n not in ("close", "keep-alive"))
+
+
+_NONE: frozenset[str] = frozenset()
+
+
 def _upstream_headers(
-    inbound: Mapping[str, str], *, json_body: bool, accept: str | None, request_id: str = ""
+    inbound: MultiMapping[str], *, json_body: bool, accept: str | None, request_id: str = ""
 ) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
+    named = _named_by_connection(inbound)
     for name, value in inbound.items():
-        if name.lower() not in _DROP_REQUEST:
+        lower = name.lower()
+        if lower not in _DROP_REQUEST and lower not in named:
             headers.add(name, value)
     if request_id:
         headers["X-Request-Id"] = request_id
@@ -96,11 +109,12 @@ def _upstream_headers(
     return headers
 
 
-def _answer_headers(upstream: Mapping[str, str], keep_encoding: bool) -> CIMultiDict[str]:
+def _answer_headers(upstream: MultiMapping[str], keep_encoding: bool) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
+    named = _named_by_connection(upstream)
     for name, value in upstream.items():
         lower = name.lower()
-        if lower.startswith("access-control-"):
+        if lower.startswith("access-control-") or lower in named:
             continue
         if lower not in _DROP_ANSWER or (keep_encoding and lower == "content-encoding"):
             headers.add(name, value)
@@ -212,9 +226,7 @@ async def _map_answer(
     return out
 
 
-async def _pass_through(
-    request: web.Request, exchange: Exchange, resp: Response, started: float
-) -> web.StreamResponse:
+async def _pass_through(request: web.Request, exchange: Exchange, resp: Response, started: float) -> web.StreamResponse:
     """Relay status, headers and body bytes as they come (compressed bodies untouched)."""
     out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=_answer_headers(resp.headers, True))
     length = resp.headers.get("Content-Length")

@@ -11,12 +11,11 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from .errors import GatewayError, UpstreamError
 from .plugin import MappingContext, StreamTranslator
@@ -51,7 +50,7 @@ class Exchange:
         "upstream_seconds",
     )
 
-    def __init__(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, query: str, headers: MultiMapping[str], body: bytes) -> None:
         self.method = method
         self.path = path
         self.query = query

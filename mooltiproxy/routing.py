@@ -83,14 +83,18 @@ class Hop:
         self.final = final
 
 
+#: the methods a route without ``methods:`` forwards; TRACE, CONNECT and others are refused (405)
+FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
 def _allowed(route: Route, method: str) -> bool:
-    return route.methods is None or method in route.methods
+    return method in (FORWARDED_METHODS if route.methods is None else route.methods)
 
 
 def routes(settings: Settings, target: Target, route: Route, path: str, method: str) -> list[Hop]:
     """The chosen target's route, then each fallback target's route for the same path and method."""
     if not _allowed(route, method):
-        allow = ", ".join(sorted(route.methods or ()))
+        allow = ", ".join(sorted(FORWARDED_METHODS if route.methods is None else route.methods))
         raise MethodNotAllowed(
             f"method {method} is not allowed on '{path}' (allowed: {allow})", headers={"Allow": allow}
         )

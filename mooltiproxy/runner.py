@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .config.model import Settings
+from .connections import guard_connections
 from .logs import configure_logging as _configure_logging
 from .server import create_app
 
@@ -39,8 +40,16 @@ async def start_gateway(
     # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
     # aiohttp reads a shutdown timeout of 0 as none at all: the smallest grace is a millisecond.
     grace = max(settings.grace_seconds, 0.001)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=grace,
+        keepalive_timeout=settings.header_timeout,  # closes idle connections and those still sending headers
+    )
     await runner.setup()
+    assert runner.server is not None
+    guard_connections(runner.server, settings.max_connections)
     try:
         context = ssl_context(settings)
         bind_host, bind_port = host or settings.host, settings.port if port is None else port

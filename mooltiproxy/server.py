@@ -17,10 +17,12 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from yarl import URL
 
 from . import logs
 from .config.model import Settings
-from .errors import BadRequest, Forbidden, GatewayError, NotFound, PayloadTooLarge, UpstreamError
+from .connections import read_within
+from .errors import BadRequest, Forbidden, GatewayError, NotFound, PayloadTooLarge, RequestTimeout, UpstreamError
 from .guard import Guard
 from .health import watch
 from .keys import KeyRing, KeyStore, permit
@@ -69,6 +71,7 @@ class Gateway:
             blacklist=settings.blacklist,
             trusted_proxies=settings.trusted_proxies,
             ban_seconds=settings.ban_seconds,
+            ban_ipv6_prefix=settings.ban_ipv6_prefix,
             state=self.state,
             keys=self.keys,
         )
@@ -211,6 +214,11 @@ class Gateway:
             raise UpstreamError("no target could serve the request")  # not reached: the last hop is final
         except GatewayError as error:
             response = self.error_response(error, anthropic)
+            if isinstance(error, RequestTimeout):  # the rest of the body will not be read: answer, then hang up
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
             return response
         except Exception as exc:
             if exchange is not None and exchange.started:
@@ -274,7 +282,9 @@ class Gateway:
         if not request.body_exists:
             return b""
         try:
-            return await request.read()
+            return await read_within(request, self.settings.body_timeout)
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s") from exc
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
         except (RequestPayloadError, HttpProcessingError) as exc:  # broken chunking or content encoding
@@ -328,6 +338,31 @@ def _is_anthropic(path: str) -> bool:
     return bare == "/messages" or bare.startswith("/messages/")
 
 
+class EveryPath(web.Resource):
+    """The one resource of the gateway's router: every request target, ``*`` and ``host:port`` included, goes to
+    the gateway's handler, which routes it by the config (and answers 404 in its own shape). Cheaper than a
+    regular expression too."""
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def get_info(self) -> Any:  # aiohttp's _InfoDict, a private TypedDict
+        return {"path": "*"}
+
+    def url_for(self) -> URL:  # type: ignore[override]
+        return URL("/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the gateway's resource has no prefix")
+
+
 def create_app(settings: Settings) -> web.Application:
     """The gateway's application. Serve it with ``handler_cancellation=True`` (as ``runner.start_gateway`` does),
     so that a client that disconnects cancels its upstream request; aiohttp's default keeps it running.
@@ -337,7 +372,9 @@ def create_app(settings: Settings) -> web.Application:
     # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
     app = web.Application(client_max_size=settings.max_body_size + 1)
     app[LIVE] = live
-    app.router.add_route("*", "/{tail:.*}", live.handle)
+    everything = EveryPath()
+    everything.add_route("*", live.handle)
+    app.router.register_resource(everything)
     app.on_startup.append(live.start)
     app.on_cleanup.append(live.stop)
     app.on_response_prepare.append(live.on_prepare)

@@ -111,6 +111,9 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     cors_origins: tuple[str, ...] = ("*",)
     max_body_size: int = 4 * 1024 * 1024
+    header_timeout: float = 15.0
+    body_timeout: float = 60.0
+    max_connections: int = 1024
     max_redirects: int = 5
     pool_size: int = 256
     max_tries: int = 3
@@ -118,6 +121,8 @@ class Settings:
     blacklist: tuple[IPNetwork, ...] = ()
     #: seconds a ban lasts (None: for the life of the state)
     ban_seconds: float | None = None
+    #: failures and bans of an IPv6 address count for its network of this many bits (128: the address)
+    ban_ipv6_prefix: int = 128
     #: the virtual keys' SQLite database (resolved against the config file's folder), or None: master key only
     keys_db: str | None = None
     #: Redis URL of the shared state, or None: the process's memory

@@ -49,6 +49,13 @@ class SystemSection(_Strict):
     cors: list[str] = ["*"]
     #: largest request body accepted, in bytes (413 above)
     max_body_size: int = Field(default=4 * 1024 * 1024, gt=0)
+    #: seconds a client has to send a request's headers, from the connection's start or the end of the previous
+    #: answer (an idle keep-alive connection closes after it too); bounds slowloris clients
+    header_timeout: float = Field(default=15, gt=0)
+    #: seconds a client has to send a request's whole body (408 after it); bounds slow-body clients
+    body_timeout: float = Field(default=60, gt=0)
+    #: open client connections per process (per worker); past it, a new connection gets a 503 and is closed
+    max_connections: int = Field(default=1024, ge=1)
     max_redirects: int = Field(default=5, ge=0, le=20)
     #: connections kept per target
     pool_size: int = Field(default=256, ge=1)
@@ -72,6 +79,8 @@ class CerbereSection(_Strict):
     blacklist: list[str] = []
     #: seconds a ban lasts (default: for the life of the state, the process's memory or Redis)
     ban_seconds: float | None = Field(default=None, gt=0)
+    #: failures and bans of an IPv6 address count for its network of this many bits (64: one host's /64)
+    ban_ipv6_prefix: int = Field(default=128, ge=16, le=128)
 
 
 class MappingEntry(_Strict):

@@ -163,6 +163,9 @@ def _target(
         api_key = env.get(section.envkey)
         if not api_key:
             problems.add(f"{where}.envkey", f"the environment variable '{section.envkey}' is not set")
+    if api_key and any(c in api_key for c in "\r\n\x00"):  # it would split the request sent to the target
+        key_from = f"{where}.key" if section.key is not None else f"{where}.envkey"
+        problems.add(key_from, "the key contains a line break or a NUL")
     routes: dict[str, Route] = {}
     for inbound, entry in mapping.items():
         route = _route(str(inbound), entry, templates, problems, f"{where}.mapping.{inbound}")

@@ -1,0 +1,1 @@
+"""The attack suite: hostile clients against the real gateway, each case asserting the exact outcome."""
