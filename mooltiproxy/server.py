@@ -221,6 +221,10 @@ class Gateway:
                 request.protocol.force_close()
             return response
         except Exception as exc:
+            if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+                # The client left while its answer was being written, before aiohttp noticed and cancelled us.
+                log.debug("the client left during %s %s", request.method, request.path)
+                raise asyncio.CancelledError from None
             if exchange is not None and exchange.started:
                 # The answer has begun: a second one cannot follow. Cut the connection so the client knows.
                 log.error("error after the answer started on %s %s", request.method, request.path, exc_info=exc)
