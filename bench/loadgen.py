@@ -21,13 +21,15 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
 MAX_ERROR_SAMPLES = 5
+T = TypeVar("T")
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -119,6 +121,19 @@ async def run(url: str, body: bytes, headers: dict[str, str], connections: int, 
         return time.perf_counter() - started
 
 
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a gateway dependency
+        return asyncio.run(coro)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    uvloop.install()  # pragma: no cover - Python 3.10
+    return asyncio.run(coro)  # pragma: no cover
+
+
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -140,18 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     body = args.body_file.read_bytes()
     headers = dict(args.header)
     load = Load(args.expect.encode() if args.expect else None, args.stream, args.first_marker.encode())
-    coro = run(args.url, body, headers, max(1, args.connections), max(0.1, args.duration), load)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a gateway dependency
-        seconds = asyncio.run(coro)
-    else:
-        if sys.version_info >= (3, 11):
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                seconds = runner.run(coro)
-        else:  # pragma: no cover - Python 3.10
-            uvloop.install()
-            seconds = asyncio.run(coro)
+    seconds = run_loop(run(args.url, body, headers, max(1, args.connections), max(0.1, args.duration), load))
     result: dict[str, Any] = {
         "requests": len(load.latencies),
         "errors": load.errors,

@@ -79,6 +79,15 @@ def fmt(value: float | None, digits: int = 0, signed: bool = False) -> str:
     return f"{value:+,.{digits}f}" if signed else f"{value:,.{digits}f}"
 
 
+def machine_line(machine: dict[str, Any]) -> str:
+    """The machine in one line, with the timeit figure that tells how fast one core is."""
+    return (
+        f"machine: {machine['nproc']} CPU(s) ({machine['cpu_model'] or 'unknown'}), Linux {machine['kernel']}, "
+        f'Python {machine["python"]}; python -m timeit "sum(range(1000))": '
+        f"{fmt(machine['timeit_sum_range_1000_us'], 1)} µs per loop"
+    )
+
+
 def tables(results: dict[str, Any]) -> str:
     out = [
         "| scenario | req/s via gateway | req/s direct | gateway ÷ direct | gateway CPU µs/req | "

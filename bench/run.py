@@ -32,7 +32,7 @@ from machine import machine_info
 from measure import RUN_OVERHEAD_S, Meter, process_rss_mb, settle
 from nginx import nginx_version
 from processes import BENCH_DIR, BenchError, guarded
-from report import fmt, print_report, summarise, write_json
+from report import fmt, machine_line, print_report, summarise, write_json
 from scenarios import PACED_DELAY_MS, SCENARIOS, add_load_options, check_load_options
 from servers import Servers
 
@@ -89,12 +89,7 @@ def run(args: argparse.Namespace) -> int:
         idle = settle(2 if args.quick else 10)
         machine = machine_info(servers.procs, servers.gateway_cpus, loader.wrk)
         machine["load_before_run_pct"] = round(idle, 1)
-        print(
-            f"machine: {machine['nproc']} CPU(s) ({machine['cpu_model'] or 'unknown'}), Linux {machine['kernel']}, "
-            f'Python {machine["python"]}; python -m timeit "sum(range(1000))": '
-            f"{fmt(machine['timeit_sum_range_1000_us'], 1)} µs per loop",
-            flush=True,
-        )
+        print(machine_line(machine), flush=True)
         print(f"pinning: {pinning}", flush=True)
         loadgen = f"{machine['versions'].get('wrk', 'wrk')}" if tool == "wrk" else "built-in aiohttp generator"
         print(f"load: {loadgen} for throughput at c={args.connections}, built-in generator at c=1", flush=True)

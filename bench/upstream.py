@@ -6,13 +6,18 @@ per connection (pipelined requests wait their turn).
 
 Routes:
 
-* ``POST /generate``: a fixed TGI answer with ``details`` and the ``x-prompt-tokens: 12`` header;
+* ``POST /generate``: a fixed TGI answer with ``details`` and the ``x-prompt-tokens: 12`` header; ``?delay_ms=N``
+  sends it after N ms;
 * ``POST /generate_stream``: 50 TGI stream events, each its own write and its own HTTP chunk, the last one with
   ``generated_text`` and ``details`` (``input_length`` included); ``?delay_ms=N`` waits N ms before each event;
 * ``POST /v1/chat/completions``: an OpenAI upstream (vLLM and the like) answering a fixed ``chat.completion`` with
   ``usage``, or, when the body has ``"stream":true``, 50 ``chat.completion.chunk`` events (each its own write and
   HTTP chunk, the last with ``finish_reason``) then ``data: [DONE]``; ``?delay_ms=N`` paces them too;
 * ``GET /health``: ``{}``; anything else: 404.
+
+Induced failures, for the soak (``bench/soak.py``): ``?fail=1`` on any ``POST`` route answers a 500 with a TGI
+error body (``{"error": …, "error_type": "generation"}``); ``?cut=N`` ends a stream after its first N events by
+closing the connection, without the chunk that ends the body.
 
 Run: ``python bench/upstream.py [--host 127.0.0.1] [--port 0]``; it prints ``listening on HOST:PORT`` once ready.
 """
@@ -146,22 +151,29 @@ CHAT_STREAM_HEAD = (
 )
 CHAT_STREAM_CHUNKS = chat_chunk_events()
 HEALTH = response("200 OK", "application/json", b"{}")
+FAILURE = response(
+    "500 Internal Server Error", "application/json", b'{"error":"induced failure","error_type":"generation"}'
+)
 NOT_FOUND = response("404 Not Found", "application/json", b'{"error":"not found","error_type":"not_found"}')
 BAD_REQUEST = response("400 Bad Request", "text/plain", b"bad request", b"Connection: close\r\n")
 TOO_LARGE = response("413 Payload Too Large", "text/plain", b"too large", b"Connection: close\r\n")
 NO_CHUNKED = response("411 Length Required", "text/plain", b"send a Content-Length", b"Connection: close\r\n")
 
 
-def delay_of(query: bytes) -> float:
-    """``delay_ms`` from a query string, in seconds (0 when absent or invalid)."""
-    values = parse_qs(query.decode("latin-1")).get("delay_ms")
+def number(params: dict[str, list[str]], name: str) -> float:
+    """A number from parsed query parameters (0 when absent or invalid)."""
+    values = params.get(name)
     if not values:
         return 0.0
     try:
-        ms = float(values[0])
+        return float(values[0])
     except ValueError:
         return 0.0
-    return min(max(ms, 0.0), MAX_DELAY_MS) / 1000
+
+
+def delay_of(params: dict[str, list[str]]) -> float:
+    """``delay_ms`` from parsed query parameters, in seconds (0 when absent or invalid)."""
+    return min(max(number(params, "delay_ms"), 0.0), MAX_DELAY_MS) / 1000
 
 
 class Upstream(asyncio.Protocol):
@@ -248,15 +260,23 @@ class Upstream(asyncio.Protocol):
         """Answer one request; its body is ``buffer[start:stop]`` (only the OpenAI route looks at it)."""
         transport = self.transport
         assert transport is not None
-        if method == b"POST" and path == b"/generate":
+        params = parse_qs(query.decode("latin-1")) if query else {}
+        if method == b"POST" and params and number(params, "fail"):
+            transport.write(FAILURE)
+        elif method == b"POST" and path == b"/generate":
+            delay = delay_of(params) if params else 0.0
+            if delay:
+                self.busy = True
+                self.timer = asyncio.get_running_loop().call_later(delay, self.later, GENERATE)
+                return
             transport.write(GENERATE)
         elif method == b"POST" and path == b"/generate_stream":
-            if self.stream(STREAM_HEAD, STREAM_CHUNKS, query):
+            if self.stream(STREAM_HEAD, STREAM_CHUNKS, params):
                 return
         elif method == b"POST" and path == b"/v1/chat/completions":
             if buffer.find(b'"stream":true', start, stop) < 0 and buffer.find(b'"stream": true', start, stop) < 0:
                 transport.write(CHAT_COMPLETION)
-            elif self.stream(CHAT_STREAM_HEAD, CHAT_STREAM_CHUNKS, query):
+            elif self.stream(CHAT_STREAM_HEAD, CHAT_STREAM_CHUNKS, params):
                 return
         elif path == b"/health" and method in (b"GET", b"HEAD"):
             transport.write(HEALTH)
@@ -264,10 +284,15 @@ class Upstream(asyncio.Protocol):
             transport.write(NOT_FOUND)
         self.done()
 
-    def stream(self, head: bytes, chunks: list[bytes], query: bytes) -> bool:
-        """Send a stream: all at once, or paced by ``?delay_ms`` (then True: the request is not done yet)."""
+    def stream(self, head: bytes, chunks: list[bytes], params: dict[str, list[str]]) -> bool:
+        """Send a stream: all at once, or paced by ``?delay_ms`` (then True: the request is not done yet);
+        ``?cut=N``: only its first N events, then the connection is closed."""
         assert self.transport is not None
-        delay = delay_of(query) if query else 0.0
+        delay = delay_of(params) if params else 0.0
+        cut = int(number(params, "cut")) if params else 0
+        if 0 < cut < len(chunks):
+            chunks = chunks[:cut]
+            self.close_after = True  # ``done`` closes the connection: the body ends without its last chunk
         self.transport.write(head)
         if delay:
             self.busy = True
@@ -277,6 +302,14 @@ class Upstream(asyncio.Protocol):
             self.transport.write(chunk)
         return False
 
+    def later(self, answer: bytes) -> None:
+        """Send a delayed answer, then go on with the requests that wait."""
+        self.timer = None
+        if self.transport is None:
+            return
+        self.transport.write(answer)
+        self.finished()
+
     def paced(self, chunks: list[bytes], index: int, delay: float) -> None:
         self.timer = None
         if self.transport is None:
@@ -285,6 +318,10 @@ class Upstream(asyncio.Protocol):
         if index + 1 < len(chunks):
             self.timer = asyncio.get_running_loop().call_later(delay, self.paced, chunks, index + 1, delay)
             return
+        self.finished()
+
+    def finished(self) -> None:
+        """A delayed answer is complete: go on with the requests that wait."""
         self.busy = False
         self.done()
         self.process()

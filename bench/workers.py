@@ -26,7 +26,7 @@ from load import Load, Loader
 from machine import machine_info
 from measure import FOREIGN_LIMIT_PCT, own_cpu, process_cpu_seconds, settle, system_cpu
 from processes import BENCH_DIR, BenchError, guarded
-from report import fmt, write_json
+from report import fmt, machine_line, write_json
 from scenarios import SCENARIOS, add_load_options, check_load_options
 from servers import Servers
 
@@ -213,12 +213,7 @@ def run(args: argparse.Namespace) -> int:
             "pinning": "none",
             "scenarios": args.scenarios,
         }
-        print(
-            f"machine: {machine['nproc']} CPU(s) ({machine['cpu_model'] or 'unknown'}), Linux {machine['kernel']}, "
-            f'Python {machine["python"]}; python -m timeit "sum(range(1000))": '
-            f"{fmt(machine['timeit_sum_range_1000_us'], 1)} µs per loop",
-            flush=True,
-        )
+        print(machine_line(machine), flush=True)
         loadgen = machine["versions"].get("wrk", "wrk") if tool == "wrk" else "built-in aiohttp generator"
         print(f"load: {loadgen} at c={args.connections}, {args.duration:g} s per run; nothing pinned", flush=True)
         servers.start_upstream()
