@@ -227,8 +227,19 @@ async def _map_answer(
 
 
 async def _pass_through(request: web.Request, exchange: Exchange, resp: Response, started: float) -> web.StreamResponse:
-    """Relay status, headers and body bytes as they come (compressed bodies untouched)."""
-    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=_answer_headers(resp.headers, True))
+    """Relay status, headers and body bytes as they come (compressed bodies untouched).
+
+    A body that came whole with the head (most JSON answers) is answered in one write, as a plain response."""
+    headers = _answer_headers(resp.headers, True)
+    if request.method != "HEAD" and resp.status not in (204, 304):
+        whole = resp.arrived()
+        if whole is not None:
+            exchange.upstream_seconds = time.perf_counter() - started
+            if exchange.count_tokens and resp.status < 300 and "Content-Encoding" not in resp.headers:
+                if len(whole) <= _USAGE_READ_LIMIT and is_json(resp.headers.get("Content-Type")):
+                    _passed_usage(exchange, whole)
+            return web.Response(status=resp.status, reason=resp.reason, body=whole, headers=headers)
+    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
     length = resp.headers.get("Content-Length")
     if length is not None and length.isdigit():
         out.content_length = int(length)

@@ -225,6 +225,15 @@ class Response:
                 handle.cancel()
                 self._waiter = None
 
+    def arrived(self) -> bytes | None:
+        """The whole body when it has all arrived already (no wait), else None; then ``read`` gives it too."""
+        if not self.complete or self._error is not None:
+            return None
+        data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
     async def read(self) -> bytes:
         """The whole body."""
         parts = [chunk async for chunk in self.iter_any()]
