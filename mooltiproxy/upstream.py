@@ -20,8 +20,8 @@ import email.utils
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from typing import Any
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -32,7 +32,16 @@ from .client import Response as Response
 from .config.model import Target
 from .errors import BadRequest, UpstreamError, UpstreamTimeout
 
-__all__ = ["HOP_BY_HOP", "RETRIED_STATUSES", "Response", "Unavailable", "Upstream", "decode_body", "retry_after"]
+__all__ = [
+    "HOP_BY_HOP",
+    "RETRIED_STATUSES",
+    "Call",
+    "Response",
+    "Unavailable",
+    "Upstream",
+    "decode_body",
+    "retry_after",
+]
 
 log = logging.getLogger("mooltiproxy")
 
@@ -128,15 +137,21 @@ class Upstream:
             response.release()
         return response.status
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | None, *, final: bool = True
-    ) -> AsyncIterator[Response]:
-        """Send one request to a replica (retrying, following redirects) and yield the answer, its body unread.
+    ) -> Call:
+        """``async with upstream.request(…) as response``: one request to a replica (retrying, following
+        redirects), and its answer with the body unread; leaving the block releases the connection.
 
         ``headers`` is not changed: the target's key is added to a copy. ``final=False``: raise ``Unavailable``
         instead of handing over a failed answer, because a fallback target will be tried.
         """
+        return Call(self, method, path, query, headers, body, final)
+
+    async def open(
+        self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | None, final: bool
+    ) -> tuple[Response, Replica]:
+        """The answer, and the replica that gave it (its ``inflight`` still counts this request)."""
         balancer = self.balancer
         tried: list[Replica] = []
         failure: UpstreamError | None = None
@@ -148,6 +163,7 @@ class Upstream:
                 await asyncio.sleep(wait)
             tried.append(replica)
             replica.inflight += 1
+            answered = False
             try:
                 try:
                     response = await self._send(replica, method, path, query, headers, body)
@@ -174,17 +190,11 @@ class Upstream:
                         continue
                 else:
                     balancer.succeeded(replica)
-                try:
-                    yield response
-                except ReadTimeout as exc:  # reading the body, between two chunks
-                    raise self._timeout() from exc
-                except ClientError as exc:
-                    raise UpstreamError(f"target '{self.target.name}' failed: {exc}") from exc
-                finally:
-                    response.release()
-                return
+                answered = True
+                return response, replica
             finally:
-                replica.inflight -= 1
+                if not answered:
+                    replica.inflight -= 1
         if not final:
             raise Unavailable(failure.message if failure else f"target '{self.target.name}' has no replica up")
         raise failure or UpstreamError(f"target '{self.target.name}' has no replica up")
@@ -305,3 +315,38 @@ def decode_body(body: bytes, headers: Mapping[str, str]) -> bytes:
     except zlib.error as exc:
         raise UpstreamError(f"the upstream answer is not valid {encoding}: {exc}") from exc
     raise UpstreamError(f"the upstream answer uses an unsupported Content-Encoding '{encoding}'")
+
+
+class Call:
+    """One ``Upstream.request``: the answer on entry; on exit, the connection released, the replica's request
+    counted done, and a failure while the body was read turned into the gateway's error (504 or 502)."""
+
+    __slots__ = ("args", "replica", "response", "upstream")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        final: bool,
+    ) -> None:
+        self.upstream = upstream
+        self.args = (method, path, query, headers, body, final)
+        self.response: Response | None = None
+        self.replica: Replica | None = None
+
+    async def __aenter__(self) -> Response:
+        self.response, self.replica = await self.upstream.open(*self.args)
+        return self.response
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        assert self.response is not None and self.replica is not None
+        self.response.release()
+        self.replica.inflight -= 1
+        if isinstance(exc, ReadTimeout):  # reading the body, between two chunks
+            raise self.upstream._timeout() from exc
+        if isinstance(exc, ClientError):
+            raise UpstreamError(f"target '{self.upstream.target.name}' failed: {exc}") from exc
