@@ -14,6 +14,7 @@ expired one is a 401 but not a failure (it was issued: nobody is guessing).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -43,6 +44,7 @@ def _contains(networks: tuple[IPNetwork, ...], ip: str) -> bool:
     return any(address in net for net in networks)
 
 
+@functools.lru_cache(maxsize=4096)  # the same few peers ask again and again; parsing one costs microseconds
 def normal_address(text: str) -> str | None:
     """``text`` as an IP address in its one canonical spelling (IPv4-mapped IPv6 as IPv4), or None."""
     try:
