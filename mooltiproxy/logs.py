@@ -12,17 +12,29 @@ access line; with ``system.log_format: json``, every record logged while the req
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 import sys
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime, timezone
+from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["ACCESS_LOGGER", "ACCESS_TEXT", "JsonFormatter", "RequestInfo", "configure_logging", "current", "start"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "ACCESS_TEXT",
+    "JsonFormatter",
+    "RequestInfo",
+    "access",
+    "configure_logging",
+    "current",
+    "start",
+]
 
 ACCESS_LOGGER = "mooltiproxy.access"
 #: the text access line, formatted from the access record's fields
@@ -102,10 +114,77 @@ class TextFormatter(logging.Formatter):
     _text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created, int(record.msecs))
+
+    def stamp(self, created: float, msecs: int) -> str:
+        second = int(created)
         if second != self._second:
             self._second, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._text},{int(record.msecs):03d}"
+        return f"{self._text},{msecs:03d}"
+
+
+class _Direct:
+    """The access line written straight to the one handler ``configure_logging`` installed, as its formatter
+    would write it: a ``LogRecord`` and the logging machinery cost more than the rest of a pass-through request's
+    bookkeeping. Whenever anything else listens (another handler, a filter, a test's capture), the line goes
+    through ``logging`` as any record does."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], json: bool, pid: bool) -> None:
+        self.handler = handler
+        self.json = json
+        self.pid = pid
+        self.text = handler.formatter if isinstance(handler.formatter, TextFormatter) else TextFormatter(_TEXT)
+        self.root = logging.getLogger()
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+
+    def alone(self) -> bool:
+        root, logger, handler = self.root, self.logger, self.handler
+        return (
+            len(root.handlers) == 1
+            and root.handlers[0] is handler
+            and not logger.handlers
+            and not logger.filters
+            and not root.filters
+            and not handler.filters
+            and logger.propagate
+            and handler.level <= logging.INFO
+        )
+
+    def line(self, f: Mapping[str, Any]) -> str:
+        now = time.time()
+        if self.json:
+            out: dict[str, object] = {"time": _time(now), "level": "info"}
+            if self.pid:
+                out["pid"] = os.getpid()
+            out.update(f)
+            return orjson.dumps(out, default=str).decode()
+        stamp = self.text.stamp(now, int((now - int(now)) * 1000))
+        who = f"INFO [{os.getpid()}]" if self.pid else "INFO"
+        return (
+            f'{stamp} {who} {ACCESS_LOGGER}: {f["client"]} "{f["method"]} {f["path"]}" target={f["target"]} '
+            f"status={f['status']:d} upstream_ms={f['upstream_ms']:.1f} total_ms={f['total_ms']:.1f} "
+            f"request_id={f['request_id']}"
+        )
+
+
+_direct: _Direct | None = None
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
+def access(fields: Mapping[str, Any]) -> None:
+    """Log one access line (the caller has checked that the access logger is enabled for INFO)."""
+    direct = _direct
+    if direct is not None and direct.alone():
+        handler = direct.handler
+        try:
+            text = direct.line(fields)
+            with handler.lock or contextlib.nullcontext():
+                handler.stream.write(text + "\n")
+                handler.stream.flush()
+            return
+        except Exception:  # a closed or broken stream: let logging report it its own way
+            pass
+    _access.info(ACCESS_TEXT, fields)
 
 
 def configure_logging(debug: bool, log_format: str = "text", pid: bool = False) -> None:
@@ -119,6 +198,8 @@ def configure_logging(debug: bool, log_format: str = "text", pid: bool = False) 
     else:
         handler.setFormatter(TextFormatter(_TEXT_PID if pid else _TEXT))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
+    global _direct
+    _direct = _Direct(handler, log_format == "json", pid) if logging.getLogger().handlers == [handler] else None
     # No format here names the source line, the thread or the multiprocessing name: skip looking them up on every
     # record (the logging HOWTO's "Optimization"), a few µs per access line.
     logging._srcfile = None

@@ -277,7 +277,7 @@ class Gateway:
                 "tokens_in": tokens_in,
                 "tokens_out": tokens_out,
             }
-            access_log.info(logs.ACCESS_TEXT, fields)
+            logs.access(fields)
 
     async def read(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_size

@@ -204,3 +204,58 @@ def test_serve_with_json_logs_writes_one_object_per_line(tgi: str, tmp_path: Pat
     warning = next(r for r in others if r["level"] == "warning")
     assert set(warning) == {"time", "level", "logger", "message"} and "system.masterkey" in warning["message"]
     assert file_key not in err and "wrong-key" not in err  # no secret in the logs
+
+
+FIELDS = {
+    "request_id": "abc123",
+    "client": "127.0.0.1",
+    "method": "POST",
+    "path": "/v1/chat/completions",
+    "target": "tgi",
+    "route": "/v1/chat/completions",
+    "model": "m",
+    "status": 200,
+    "upstream_ms": 1.25,
+    "total_ms": 2.0,
+    "tokens_in": 12,
+    "tokens_out": None,
+}
+
+
+@pytest.mark.parametrize(("log_format", "pid"), [("text", False), ("text", True), ("json", False), ("json", True)])
+def test_the_direct_access_line_is_the_line_the_formatter_writes(
+    monkeypatch: pytest.MonkeyPatch, log_format: str, pid: bool
+) -> None:
+    from mooltiproxy import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers.clear()
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "_direct", None)
+    try:
+        logs.configure_logging(False, log_format, pid=pid)
+        assert logs._direct is not None and logs._direct.alone()
+        logs.access(FIELDS)  # written directly
+        handler = root.handlers[0]
+        record = logging.getLogger(logs.ACCESS_LOGGER).makeRecord(
+            logs.ACCESS_LOGGER, logging.INFO, "", 0, logs.ACCESS_TEXT, (FIELDS,), None
+        )
+        expected = handler.format(record)  # what logging itself would have written
+        extra = logging.Handler()
+        root.addHandler(extra)  # someone else listens: the line goes through logging
+        assert not logs._direct.alone()
+        root.removeHandler(extra)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    written = stream.getvalue().splitlines()
+    assert len(written) == 1
+    if log_format == "json":
+        got, want = orjson.loads(written[0]), orjson.loads(expected)
+        assert got.pop("time")[:16] == want.pop("time")[:16]
+        assert got == want
+    else:
+        assert written[0][23:] == expected[23:]  # all but the milliseconds' digits
+        assert written[0][:16] == expected[:16]
