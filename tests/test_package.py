@@ -49,3 +49,21 @@ def test_modules_stay_small() -> None:
     sizes.update({p: len(p.read_text().splitlines()) for p in (ROOT / "bench").glob("*.py")})
     too_big = {str(p.relative_to(ROOT)): n for p, n in sizes.items() if n > 400}
     assert too_big == {}
+
+
+def test_the_threat_model_names_tests_that_exist() -> None:
+    """Every ``file.py::test_name`` THREAT_MODEL.md gives as a threat's proof is a test of the suite, and every test
+    of ``tests/attack`` and ``tests/faults`` proves a threat listed there."""
+    import re
+
+    text = (ROOT / "THREAT_MODEL.md").read_text(encoding="utf-8")
+    named = re.findall(r"`((?:attack/|faults/)?test_\w+\.py)(?:::(test_\w+))?`", text)
+    assert len(named) > 60
+    for file, test in named:
+        source = (ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert test == "" or re.search(rf"^(async )?def {test}\(", source, re.M), f"{file}::{test} does not exist"
+    for folder in ("attack", "faults"):
+        for path in sorted((ROOT / "tests" / folder).glob("test_*.py")):
+            whole = f"`{folder}/{path.name}` (every test)" in text
+            for test in re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.M):
+                assert whole or f"{folder}/{path.name}::{test}" in text, f"{folder}/{path.name}::{test} is not listed"
