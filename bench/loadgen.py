@@ -21,15 +21,15 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
 
+from mooltiproxy.runner import run as run_loop  # uvloop where it is available, as the gateway runs
+
 MAX_ERROR_SAMPLES = 5
-T = TypeVar("T")
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -119,19 +119,6 @@ async def run(url: str, body: bytes, headers: dict[str, str], connections: int, 
 
         await asyncio.gather(*(worker() for _ in range(connections)))
         return time.perf_counter() - started
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a gateway dependency
-        return asyncio.run(coro)
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    uvloop.install()  # pragma: no cover - Python 3.10
-    return asyncio.run(coro)  # pragma: no cover
 
 
 def parse_header(text: str) -> tuple[str, str]:

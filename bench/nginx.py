@@ -74,16 +74,23 @@ def free_port() -> int:
 
 
 def start_nginx(
-    procs: Processes, binary: str, tmp: Path, upstream_url: str, cpus: set[int] | None
+    procs: Processes,
+    binary: str,
+    tmp: Path,
+    upstream_url: str,
+    cpus: set[int] | None,
+    wrapper: tuple[str, ...] = (),
+    wait: float = 10.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start nginx in front of ``upstream_url``; return the process and nginx's base URL."""
+    """Start nginx in front of ``upstream_url`` (under ``wrapper``, a command such as valgrind, when given);
+    return the process and nginx's base URL."""
     port = free_port()
     upstream = upstream_url.split("://", 1)[1]
     path = tmp / "nginx.conf"
     path.write_text(CONFIG.format(tmp=tmp, upstream=upstream, port=port))
     log = procs.log(tmp / "nginx-stderr.log")
-    proc = procs.start([binary, "-c", str(path), "-p", str(tmp)], cpus, stdout=log, stderr=log)
-    deadline = time.monotonic() + 10
+    proc = procs.start([*wrapper, binary, "-c", str(path), "-p", str(tmp)], cpus, stdout=log, stderr=log)
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             error = (tmp / "nginx-error.log").read_text(errors="replace") if (tmp / "nginx-error.log").exists() else ""
@@ -93,7 +100,7 @@ def start_nginx(
                 return proc, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.05)
-    raise BenchError("nginx did not listen within 10 s")
+    raise BenchError(f"nginx did not listen within {wait:g} s")
 
 
 def nginx_version() -> str:

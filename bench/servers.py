@@ -51,6 +51,9 @@ class Servers:
     #: the reference hop (``nginx.py``): nginx ``proxy_pass`` in front of the same upstream, on the gateway's CPU
     nginx_proc: subprocess.Popen[bytes] | None = None
     nginx_url: str = ""
+    #: a command the gateway and nginx run under (``instructions.py``: callgrind), and the start-up time it allows
+    wrapper: tuple[str, ...] = ()
+    start_seconds: float = 30.0
 
     @property
     def gateway_log(self) -> Path:
@@ -82,7 +85,9 @@ class Servers:
         binary = find_nginx()
         if binary is None:
             return False
-        proc, url = start_nginx(self.procs, binary, self.tmp, self.upstream_url, self.gateway_cpus)
+        proc, url = start_nginx(
+            self.procs, binary, self.tmp, self.upstream_url, self.gateway_cpus, self.wrapper, self.start_seconds
+        )
         self.nginx_proc, self.nginx_url = proc, url
         return True
 
@@ -123,6 +128,7 @@ class Servers:
         log = self.procs.log(self.gateway_log)
         proc = self.procs.start(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "mooltiproxy",
@@ -143,14 +149,14 @@ class Servers:
         )
         self.gateway_proc = proc
         try:
-            line = read_line(proc, 30, "the gateway")
+            line = read_line(proc, self.start_seconds, "the gateway")
         except BenchError as exc:
             raise BenchError(f"{exc}\n--- gateway log ---\n{tail(self.gateway_log)}") from None
         match = re.search(r"https?://[^\s,]+", line)
         if not match:
             raise BenchError(f"cannot read the gateway's address from: {line!r}")
         self.gateway_url = match.group(0)
-        wait_healthy(self.gateway_url + "/-/health", 10)
+        wait_healthy(self.gateway_url + "/-/health", self.start_seconds / 3)
 
     def headers(self, via_gateway: bool, x_api_key: bool = False) -> dict[str, str]:
         """The request headers; through the gateway, its key (``x-api-key``, or ``Authorization: Bearer``)."""
