@@ -23,6 +23,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -101,32 +102,70 @@ def count(pid: int, out: str, name: str, send: Any, requests: int) -> float:
     while time.monotonic() < deadline:
         for path in set(glob.glob(out + "*")) - before:
             text = Path(path).read_text(errors="replace")
-            found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-            if found and f"Trigger: Client Request: {name}" in text:
+            found = re.search(r"^totals: (\d+)", text, re.M)
+            if found and name in text:  # the dump's trigger line names it
                 return int(found.group(1)) / requests
         time.sleep(0.2)
     raise BenchError(f"callgrind wrote no dump for {name}")
 
 
-def measure(url: str, pid: int, out: str, scenario: Scenario, via_gateway: bool, servers: Servers, n: int) -> float:
+def sender(url: str, scenario: Scenario, via_gateway: bool, servers: Servers) -> tuple[Client, Any]:
+    """A connection, and a function that sends the scenario's request on it and checks the answer."""
     path = scenario.gateway_path if via_gateway else scenario.direct_path
     body = scenario.gateway_body if via_gateway else scenario.direct_body
     expect = scenario.gateway_expect if via_gateway else scenario.direct_expect
     extra = scenario.gateway_headers if via_gateway else ()
     request = request_bytes(path, body, servers.headers(via_gateway, scenario.x_api_key and via_gateway), extra)
     client = Client(url)
+
+    def send() -> None:
+        answer = client.send(request)
+        if not answer.startswith(b"HTTP/1.1 200") or expect not in answer:
+            raise BenchError(f"[{scenario.name}] unexpected answer: {answer[:300]!r}")
+
+    return client, send
+
+
+def gateway_count(servers: Servers, out: str, scenario: Scenario, n: int) -> float:
+    """The gateway's instructions per request: counting switched on and off around ``n`` requests."""
+    assert servers.gateway_proc is not None
+    client, send = sender(servers.gateway_url, scenario, True, servers)
     try:
-
-        def send() -> None:
-            answer = client.send(request)
-            if not answer.startswith(b"HTTP/1.1 200") or expect not in answer:
-                raise BenchError(f"[{scenario.name}] unexpected answer: {answer[:300]!r}")
-
         for _ in range(WARMUP):
             send()
-        return count(pid, out, f"{scenario.name}-{'gateway' if via_gateway else 'nginx'}", send, n)
+        return count(servers.gateway_proc.pid, out, f"{scenario.name}-gateway", send, n)
     finally:
         client.close()
+
+
+def nginx_total(servers: Servers, out: str, scenario: Scenario, n: int) -> int:
+    """The instructions of a whole nginx run (start, the warm-up, ``n`` requests, stop), counted from its start.
+
+    An idle nginx sleeps in ``epoll_wait`` and would not see callgrind's commands, so it is counted whole: the
+    difference between a run with ``n`` requests and one without is theirs."""
+    if not servers.start_nginx():
+        raise BenchError("nginx is needed as the reference (apt-get install nginx)")
+    assert servers.nginx_proc is not None
+    proc = servers.nginx_proc
+    client, send = sender(servers.nginx_url, scenario, False, servers)
+    try:
+        for _ in range(WARMUP + n):
+            send()
+    finally:
+        client.close()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGQUIT)  # a graceful stop, which nginx under valgrind always honours
+    try:
+        proc.wait(60)
+    finally:
+        servers.procs.stop(proc)
+        servers.nginx_proc = None
+    dump = Path(f"{out}.{proc.pid}")
+    found = re.search(r"^totals: (\d+)", dump.read_text(errors="replace"), re.M) if dump.exists() else None
+    if found is None:
+        tail = dump.read_text(errors="replace")[-300:] if dump.exists() else ""
+        raise BenchError(f"callgrind wrote no count for nginx (status {proc.returncode}, {dump}: {tail!r})")
+    return int(found.group(1))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     servers = Servers()
     out = str(servers.tmp / "callgrind.out")
     wrapper = (valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p")
+    nginx_wrapper = (valgrind, "--tool=callgrind", f"--callgrind-out-file={out}.%p")
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests}
     rows: list[dict[str, Any]] = []
     try:
@@ -149,15 +189,11 @@ def run(args: argparse.Namespace) -> int:
         servers.wrapper, servers.start_seconds = wrapper, START_SECONDS
         print("starting the gateway and nginx under callgrind (about a minute)…", flush=True)
         servers.start_gateway(names)
-        if not servers.start_nginx():
-            raise BenchError("nginx is needed as the reference (apt-get install nginx)")
-        assert servers.gateway_proc is not None and servers.nginx_proc is not None
-        rows = []
+        servers.wrapper = nginx_wrapper
         for scenario in chosen:
-            gateway = measure(
-                servers.gateway_url, servers.gateway_proc.pid, out, scenario, True, servers, args.requests
-            )
-            nginx = measure(servers.nginx_url, servers.nginx_proc.pid, out, scenario, False, servers, args.requests)
+            gateway = gateway_count(servers, out, scenario, args.requests)
+            total = nginx_total(servers, out, scenario, args.requests)
+            nginx = (total - nginx_total(servers, out, scenario, 0)) / args.requests
             rows.append({"scenario": scenario.name, "gateway": round(gateway), "nginx": round(nginx)})
             print(
                 f"[{scenario.name}] gateway {gateway / 1000:,.1f} k, nginx {nginx / 1000:,.1f} k instructions per "
