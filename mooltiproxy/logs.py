@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
+import random
 import sys
 import time
 from collections.abc import Mapping
@@ -72,7 +72,9 @@ def sane(value: str | None) -> bool:
 
 def start(header: str | None) -> RequestInfo:
     """The id of a new request (the client's when sane, else a new one), made current."""
-    info = RequestInfo(header if header is not None and sane(header) else secrets.token_hex(16))
+    # A made id has to be unique, not secret: the random module's generator (reseeded in each forked worker), not
+    # a system call per request.
+    info = RequestInfo(header if header is not None and sane(header) else f"{random.getrandbits(128):032x}")
     current.set(info)
     return info
 
