@@ -109,7 +109,7 @@ class GuardedServer(web.Server):
     counted: set[RequestHandler]
     refused: int
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> RequestHandler:  # as aiohttp's own, with the gateway's handler class
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:

@@ -83,7 +83,7 @@ class Hop:
         self.final = final
 
 
-#: the methods a route without ``methods:`` forwards; TRACE, CONNECT and others are refused (405)
+#: the methods a route without ``methods:`` forwards; TRACE and the others are refused (405)
 FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 

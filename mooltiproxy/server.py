@@ -343,9 +343,9 @@ def _is_anthropic(path: str) -> bool:
 
 
 class EveryPath(web.Resource):
-    """The one resource of the gateway's router: every request target, ``*`` and ``host:port`` included, goes to
-    the gateway's handler, which routes it by the config (and answers 404 in its own shape). Cheaper than a
-    regular expression too."""
+    """The one resource of the gateway's router: every request target with a path, and ``*``, goes to the
+    gateway's handler, which routes it by the config (and answers 404 in its own shape). Cheaper than a regular
+    expression too. (A target with no path never reaches the router: see ``connections``.)"""
 
     @property
     def canonical(self) -> str:
