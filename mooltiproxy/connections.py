@@ -11,11 +11,12 @@
   duplicate lengths, obs-fold, bad chunk sizes, control characters, too long lines, TLS on the plain port) is
   refused by aiohttp's parser with a 400 and the connection closed. The answer is made ours here: OpenAI's error
   shape, ``Server: mooltiproxy``, a reason with none of the request's bytes in it (they may hold a key), logged on
-  one line with no traceback. So is a request target with no path (``CONNECT host:port``, ``http://host``),
-  which aiohttp's router would answer with a plain-text 404 before the gateway saw it.
+  one line with no traceback.
 
-``guard_connections`` makes the runner's aiohttp ``Server`` a ``GuardedServer``: the protocol factory every
-connection comes from (TCP and TLS alike, in each worker of ``serve --workers N``).
+``GuardedServer`` is the gateway's aiohttp low-level ``Server``: the protocol factory every connection comes from
+(TCP and TLS alike, in each worker of ``serve --workers N``). It hands every request, whatever its target, to one
+handler — no application, router or middleware in between — as a ``GatewayRequest``, whose answers get the
+gateway's own headers just before they are sent.
 """
 
 from __future__ import annotations
@@ -23,16 +24,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .errors import GatewayError
 
-__all__ = ["GuardedServer", "guard_connections", "read_within", "reason"]
+__all__ = ["GatewayRequest", "GuardedServer", "PrepareHook", "read_within", "reason"]
 
 log = logging.getLogger("mooltiproxy")
+
+#: what every answer passes through before its headers are sent
+PrepareHook = Callable[[BaseRequest, web.StreamResponse], Awaitable[None]]
 
 
 def _too_many() -> bytes:
@@ -88,26 +96,53 @@ class GuardedHandler(RequestHandler):
         return _error_response(status, error)
 
 
-def _needs_a_path(
-    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
-) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
-    async def handle(request: BaseRequest) -> web.StreamResponse:
-        if request.rel_url.path_safe:
-            return await handler(request)
-        error = GatewayError(
-            "the request target has no path", status=400, type="invalid_request_error", code="invalid_http"
-        )
-        return _error_response(400, error)
+class GatewayRequest(BaseRequest):
+    """A request of the low-level server, whose answers pass through ``hook`` just before their headers go out
+    (as an application's ``on_response_prepare`` signal does for its requests)."""
 
-    return handle
+    ATTRS = BaseRequest.ATTRS | frozenset(["_hook"])
+
+    def __init__(self, *args: Any, hook: PrepareHook, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hook = hook
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        await self._hook(self, response)
 
 
 class GuardedServer(web.Server):
-    """A ``web.Server`` that hands out ``GuardedHandler``s and refuses connections past ``limit`` open ones."""
+    """A ``web.Server`` that hands out ``GuardedHandler``s, makes ``GatewayRequest``s (bodies up to
+    ``client_max_size``), and refuses connections past ``limit`` open ones. Other keywords go to aiohttp's
+    connection handler (``keepalive_timeout`` and the like)."""
 
-    limit: int
-    counted: set[RequestHandler]
-    refused: int
+    def __init__(
+        self,
+        handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+        hook: PrepareHook,
+        *,
+        limit: int,
+        client_max_size: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, request_factory=self._request, handler_cancellation=True, **kwargs)
+        self.hook = hook
+        self.limit = limit
+        self.client_max_size = client_max_size
+        self.counted: set[RequestHandler] = set()
+        self.refused = 0
+
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        loop = asyncio.get_running_loop()
+        return GatewayRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=self.client_max_size, hook=self.hook
+        )
 
     def __call__(self) -> RequestHandler:  # as aiohttp's own, with the gateway's handler class
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
@@ -128,19 +163,7 @@ class GuardedServer(web.Server):
         super().connection_lost(handler, exc)
 
 
-def guard_connections(server: web.Server, limit: int) -> GuardedServer:
-    """Make the runner's ``server`` a ``GuardedServer`` (see the module's docstring), before any site starts.
-
-    aiohttp builds the ``Server`` inside ``AppRunner.setup`` with no hook for its class; the instance is
-    re-classed in place, so the runner, its sites and its shutdown keep using the same object."""
-    server.__class__ = GuardedServer
-    assert isinstance(server, GuardedServer)
-    server.limit, server.counted, server.refused = limit, set(), 0
-    server.request_handler = _needs_a_path(server.request_handler)
-    return server
-
-
-async def read_within(request: web.Request, seconds: float) -> bytes:
+async def read_within(request: BaseRequest, seconds: float) -> bytes:
     """The request's body, or ``asyncio.TimeoutError`` when it has not all arrived within ``seconds``.
 
     The handler's own task is cancelled at the deadline (as ``asyncio.timeout`` does, on Python 3.10 too): no task

@@ -20,7 +20,6 @@ from pathlib import Path
 from .config.model import Settings
 from .live import reload
 from .runner import start_gateway
-from .server import LIVE
 
 __all__ = ["PidFile", "send_reload", "serve_process"]
 
@@ -74,7 +73,7 @@ async def serve_process(
     ``worker``: one of the processes of ``serve --workers N`` (the port shared with ``SO_REUSEPORT``; stops when its
     supervisor is gone; says it is ready on ``ready_fd``)."""
     runner, url = await start_gateway(settings, host, port, reuse_port=worker)
-    live = runner.app[LIVE]
+    live = runner.live
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     tasks: set[asyncio.Future[object]] = set()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from .config import load_config
 from .config.model import Settings
@@ -99,7 +100,7 @@ class Live:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.app: web.Application | None = None
+        self.started = False
         #: gateway -> its requests in flight (absent: none)
         self._active: dict[Gateway, int] = {}
         #: replaced gateways, set once their last request has ended
@@ -108,7 +109,7 @@ class Live:
         #: one reload at a time
         self.lock = asyncio.Lock()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
         gateway = self.gateway
         request[_SERVED_BY] = gateway
         active = self._active
@@ -125,18 +126,18 @@ class Live:
                 if idle is not None:
                     idle.set()
 
-    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def on_prepare(self, request: BaseRequest, response: web.StreamResponse) -> None:
         await request.get(_SERVED_BY, self.gateway).on_prepare(request, response)
 
-    async def start(self, app: web.Application) -> None:
-        self.app = app
-        await self.gateway.start(app)
+    async def start(self) -> None:
+        self.started = True
+        await self.gateway.start()
 
-    async def stop(self, app: web.Application) -> None:
+    async def stop(self) -> None:
         for idle in self._idle.values():  # the server has ended every request: close the replaced gateways now
             idle.set()
         await asyncio.gather(*self._closing, return_exceptions=True)
-        await self.gateway.stop(app)
+        await self.gateway.stop()
 
     @property
     def in_flight(self) -> int:
@@ -149,15 +150,15 @@ class Live:
         error is raised, and the current gateway goes on."""
         from .server import Gateway
 
-        assert self.app is not None, "the application has not started"
+        assert self.started, "the gateway has not started"
         old = self.gateway
         carried = carry_over(old, settings)
         new = Gateway(settings, carried)
         try:
-            await new.start(self.app)
+            await new.start()
         except BaseException:
             _release(new, carried)
-            await new.stop(self.app)
+            await new.stop()
             raise
         self.gateway = new
         idle = self._idle[old] = asyncio.Event()
@@ -171,8 +172,7 @@ class Live:
         await idle.wait()
         del self._idle[old]
         _release(old, carried)
-        assert self.app is not None
-        await old.stop(self.app)
+        await old.stop()
         log.info("the previous configuration's upstream clients are closed")
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -186,7 +187,7 @@ class Metrics:
         """The text of a scrape, built off the event loop (with several workers, it reads their files)."""
         return await asyncio.to_thread(generate_latest, self.registry)
 
-    async def answer(self, _request: web.Request | None = None) -> web.Response:
+    async def answer(self, _request: BaseRequest | None = None) -> web.Response:
         return web.Response(body=await self.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def listen(self, host: str, port: int, path: str) -> web.AppRunner:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 
 from .client import ClientError
@@ -122,7 +123,7 @@ def _answer_headers(upstream: MultiMapping[str], keep_encoding: bool) -> CIMulti
 
 
 async def forward(
-    request: web.Request,
+    request: BaseRequest,
     exchange: Exchange,
     target: Target,
     route: Route,
@@ -180,7 +181,7 @@ async def forward(
 
 
 async def _single(
-    request: web.Request,
+    request: BaseRequest,
     exchange: Exchange,
     ctx: MappingContext,
     client: Upstream,
@@ -226,7 +227,7 @@ async def _map_answer(
     return out
 
 
-async def _pass_through(request: web.Request, exchange: Exchange, resp: Response, started: float) -> web.StreamResponse:
+async def _pass_through(request: BaseRequest, exchange: Exchange, resp: Response, started: float) -> web.StreamResponse:
     """Relay status, headers and body bytes as they come (compressed bodies untouched).
 
     A body that came whole with the head (most JSON answers) is answered in one write, as a plain response."""

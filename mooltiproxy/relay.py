@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 
 from .errors import GatewayError, UpstreamError
@@ -104,7 +105,7 @@ def upstream_failure(status: int, data: bytes, ctx: MappingContext, answer: Any)
 
 
 async def relay_stream(
-    request: web.Request,
+    request: BaseRequest,
     exchange: Exchange,
     ctx: MappingContext,
     client: Upstream,
@@ -175,7 +176,7 @@ async def relay_stream(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _start(request: web.Request, exchange: Exchange, content_type: str) -> web.StreamResponse:
+async def _start(request: BaseRequest, exchange: Exchange, content_type: str) -> web.StreamResponse:
     headers = {"Content-Type": content_type, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     out = web.StreamResponse(headers=headers)
     await out.prepare(request)

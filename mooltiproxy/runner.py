@@ -7,15 +7,15 @@ import gc
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from .config.model import Settings
-from .connections import guard_connections
+from .live import Live
 from .logs import configure_logging as _configure_logging
-from .server import create_app
+from .server import create_server
 
 __all__ = ["run", "serve_forever", "start_gateway"]
 
@@ -30,34 +30,45 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class GatewayRunner:
+    """A started gateway: ``await cleanup()`` stops it (it stops accepting, lets the requests in flight finish within
+    ``settings.grace_seconds``, then closes them and the upstream clients); ``live`` is what ``reload`` replaces."""
+
+    def __init__(self, runner: web.ServerRunner, live: Live) -> None:
+        self.runner = runner
+        self.live = live
+
+    @property
+    def addresses(self) -> list[Any]:
+        return self.runner.addresses
+
+    async def cleanup(self) -> None:
+        try:
+            await self.runner.cleanup()
+        finally:
+            await self.live.stop()
+
+
 async def start_gateway(
     settings: Settings, host: str | None = None, port: int | None = None, *, reuse_port: bool = False
-) -> tuple[web.AppRunner, str]:
-    """Start the gateway; return its runner (``await runner.cleanup()`` stops it: it stops accepting, lets the
-    requests in flight finish within ``settings.grace_seconds``, then closes) and its base URL.
+) -> tuple[GatewayRunner, str]:
+    """Start the gateway; return its runner (see ``GatewayRunner``) and its base URL.
 
     ``reuse_port``: listen with ``SO_REUSEPORT``, as every worker of one ``serve`` does on the same port."""
-    app = create_app(settings)
-    # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
+    server, live = create_server(settings)
     # aiohttp reads a shutdown timeout of 0 as none at all: the smallest grace is a millisecond.
     grace = max(settings.grace_seconds, 0.001)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=grace,
-        keepalive_timeout=settings.header_timeout,  # closes idle connections and those still sending headers
-    )
+    runner = web.ServerRunner(server, shutdown_timeout=grace)
     await runner.setup()
-    assert runner.server is not None
-    guard_connections(runner.server, settings.max_connections)
+    gateway = GatewayRunner(runner, live)
     try:
+        await live.start()
         context = ssl_context(settings)
         bind_host, bind_port = host or settings.host, settings.port if port is None else port
         site = web.TCPSite(runner, bind_host, bind_port, ssl_context=context, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:
-        await runner.cleanup()  # closes the upstream clients opened at start-up
+        await gateway.cleanup()  # closes the upstream clients opened at start-up
         raise
     sockets = runner.addresses
     bound = sockets[0][1] if sockets else port
@@ -65,11 +76,15 @@ async def start_gateway(
     if ":" in shown:
         shown = f"[{shown}]"
     scheme = "https" if context else "http"
-    return runner, f"{scheme}://{shown}:{bound}"
+    return gateway, f"{scheme}://{shown}:{bound}"
+
+
+class Stoppable(Protocol):
+    async def cleanup(self) -> None: ...
 
 
 async def serve_forever(
-    start: Callable[[], Awaitable[list[web.AppRunner]]], announce: Callable[[], None] | None = None
+    start: Callable[[], Awaitable[Sequence[Stoppable]]], announce: Callable[[], None] | None = None
 ) -> None:
     """Run what ``start`` started until SIGINT/SIGTERM, then clean up every runner."""
     runners = await start()

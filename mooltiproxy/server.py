@@ -1,4 +1,4 @@
-"""The inbound side: the aiohttp application, in the fixed order health → CORS pre-flight → guard → routing → proxy.
+"""The inbound side: every request, in the fixed order health → CORS pre-flight → guard → routing → proxy.
 
 Every error becomes an OpenAI-shaped JSON answer with its status; an unexpected exception is logged with its
 traceback and answered as an OpenAI-shaped 500 without it. After a response has started, an error can only cut it
@@ -17,11 +17,11 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from yarl import URL
+from aiohttp.web_request import BaseRequest
 
 from . import logs
 from .config.model import Settings
-from .connections import read_within
+from .connections import GuardedServer, read_within
 from .errors import BadRequest, Forbidden, GatewayError, NotFound, PayloadTooLarge, RequestTimeout, UpstreamError
 from .guard import Guard
 from .health import watch
@@ -37,14 +37,13 @@ from .routing import model_of, parse_json, pick_target, renamed, routes
 from .state import open_state
 from .upstream import Unavailable, Upstream
 
-__all__ = ["HEALTH_PATH", "LIVE", "METRICS_PATH", "create_app"]
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "create_server"]
 
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 log = logging.getLogger("mooltiproxy")
 
 HEALTH_PATH = "/-/health"
 #: the application's ``Live``: the gateway serving new requests (see ``live``)
-LIVE = web.AppKey("live", Live)
 METRICS_PATH = "/-/metrics"
 COUNT_TOKENS = "/messages/count_tokens"
 _PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -91,7 +90,7 @@ class Gateway:
         #: the key-less listener of ``system.metrics_host``
         self.metrics_runner: web.AppRunner | None = self.carried.metrics_runner
 
-    async def start(self, _app: web.Application) -> None:
+    async def start(self) -> None:
         if self.settings.metrics_host is not None and self.metrics_runner is None:
             # first: a port in use stops the start before anything runs
             self.metrics_runner = await self.metrics.listen(*self.settings.metrics_host, METRICS_PATH)
@@ -102,7 +101,7 @@ class Gateway:
             if upstream.target.health is not None:
                 self.watchers.append(asyncio.ensure_future(watch(upstream, upstream.target.health)))
 
-    async def stop(self, _app: web.Application) -> None:
+    async def stop(self) -> None:
         for task in self.watchers:
             task.cancel()
         await asyncio.gather(*self.watchers, return_exceptions=True)
@@ -121,7 +120,7 @@ class Gateway:
             return "*"
         return origin if origin in self.origins else None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         info = logs.start(request.headers.get("X-Request-Id"))
         self.metrics.in_flight.inc()
@@ -238,7 +237,7 @@ class Gateway:
 
     def done(
         self,
-        request: web.Request,
+        request: BaseRequest,
         info: logs.RequestInfo,
         started: float,
         ip: str,
@@ -279,7 +278,7 @@ class Gateway:
             }
             logs.access(fields)
 
-    async def read(self, request: web.Request) -> bytes:
+    async def read(self, request: BaseRequest) -> bytes:
         limit = self.settings.max_body_size
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
@@ -294,7 +293,7 @@ class Gateway:
         except (RequestPayloadError, HttpProcessingError) as exc:  # broken chunking or content encoding
             raise BadRequest(f"the request body cannot be read: {exc}") from exc
 
-    def preflight(self, request: web.Request) -> web.StreamResponse:
+    def preflight(self, request: BaseRequest) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is None:  # a plain OPTIONS, not a browser pre-flight
             return web.Response(status=204, headers={"Allow": _PREFLIGHT_METHODS})
@@ -312,7 +311,7 @@ class Gateway:
         body = error.anthropic_json() if anthropic else error.to_json()
         return web.Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
 
-    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def on_prepare(self, request: BaseRequest, response: web.StreamResponse) -> None:
         """Headers every answer gets: no server version for scanners, the request id, CORS for browser pages."""
         response.headers["Server"] = "mooltiproxy"
         info = logs.current.get()
@@ -342,44 +341,18 @@ def _is_anthropic(path: str) -> bool:
     return bare == "/messages" or bare.startswith("/messages/")
 
 
-class EveryPath(web.Resource):
-    """The one resource of the gateway's router: every request target with a path, and ``*``, goes to the
-    gateway's handler, which routes it by the config (and answers 404 in its own shape). Cheaper than a regular
-    expression too. (A target with no path never reaches the router: see ``connections``.)"""
-
-    @property
-    def canonical(self) -> str:
-        return "/"
-
-    def _match(self, path: str) -> dict[str, str] | None:
-        return {}
-
-    def raw_match(self, path: str) -> bool:
-        return True
-
-    def get_info(self) -> Any:  # aiohttp's _InfoDict, a private TypedDict
-        return {"path": "*"}
-
-    def url_for(self) -> URL:  # type: ignore[override]
-        return URL("/")
-
-    def add_prefix(self, prefix: str) -> None:
-        raise RuntimeError("the gateway's resource has no prefix")
-
-
-def create_app(settings: Settings) -> web.Application:
-    """The gateway's application. Serve it with ``handler_cancellation=True`` (as ``runner.start_gateway`` does),
-    so that a client that disconnects cancels its upstream request; aiohttp's default keeps it running.
-
-    ``app[LIVE]`` passes each request on to the current gateway; ``live.reload`` replaces it."""
+def create_server(settings: Settings) -> tuple[GuardedServer, Live]:
+    """The gateway's HTTP server, and what passes each request on to the current gateway (``live.reload``
+    replaces it). Serve it with a ``web.ServerRunner``, as ``runner.start_gateway`` does; start and stop ``live``
+    around it. A client that disconnects cancels its handler, which closes the upstream request."""
     live = Live(Gateway(settings))
     # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
-    app = web.Application(client_max_size=settings.max_body_size + 1)
-    app[LIVE] = live
-    everything = EveryPath()
-    everything.add_route("*", live.handle)
-    app.router.register_resource(everything)
-    app.on_startup.append(live.start)
-    app.on_cleanup.append(live.stop)
-    app.on_response_prepare.append(live.on_prepare)
-    return app
+    server = GuardedServer(
+        live.handle,
+        live.on_prepare,
+        limit=settings.max_connections,
+        client_max_size=settings.max_body_size + 1,
+        access_log=None,
+        keepalive_timeout=settings.header_timeout,  # closes idle connections and those still sending headers
+    )
+    return server, live
