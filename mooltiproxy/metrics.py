@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from yarl import URL
 
+from .tally import Tally
 from .upstream import Upstream
 
 __all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "Metrics", "usage_counts"]
@@ -38,6 +39,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: seconds: the target's time to answer, from tens of milliseconds (embeddings) to minutes (long generations)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: seconds: the gateway's own work, well under a millisecond when all is well
+#: seconds at most between a request and its observations reaching the metrics (a scrape adds them at once)
+FLUSH_SECONDS = 1.0
 _ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -141,6 +144,22 @@ class Metrics:
         # The labelled children, looked up once: ``labels()`` costs more than the increment it leads to.
         self._counted: dict[tuple[str, str, int], Any] = {}
         self._timed: dict[str, tuple[Any, Any, Any, Any]] = {}
+        #: in memory, the observations are counted cheaply and added in bulk (see ``tally``); in a shared
+        #: folder, at once, so that every worker's scrape sees them
+        self.tally = (
+            Tally(
+                self.requests,
+                self.upstream_seconds,
+                self.added_seconds,
+                self.tokens_in,
+                self.tokens_out,
+                _UPSTREAM_BUCKETS,
+                _ADDED_BUCKETS,
+            )
+            if own is not None
+            else None
+        )
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def observe(
         self,
@@ -153,6 +172,11 @@ class Metrics:
         tokens_out: int | None,
     ) -> None:
         """One answered request. ``upstream``/``added``: seconds, None when not measured."""
+        if self.tally is not None:
+            self.tally.add(target, route, status, upstream, added, tokens_in, tokens_out)
+            if self._flush_timer is None:
+                self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            return
         key = (target, route, status)
         counter = self._counted.get(key)
         if counter is None:
@@ -177,6 +201,12 @@ class Metrics:
         if tokens_out:
             timed[3].inc(tokens_out)
 
+    def flush(self) -> None:
+        """Add the tallied observations to the metrics (at a scrape, and within ``FLUSH_SECONDS`` of one)."""
+        self._flush_timer = None
+        if self.tally is not None:
+            self.tally.flush()
+
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
 
@@ -185,6 +215,7 @@ class Metrics:
 
     async def exposition(self) -> bytes:
         """The text of a scrape, built off the event loop (with several workers, it reads their files)."""
+        self.flush()
         return await asyncio.to_thread(generate_latest, self.registry)
 
     async def answer(self, _request: BaseRequest | None = None) -> web.Response:
