@@ -104,12 +104,19 @@ class Load:
         return data
 
 
+def load_session(connections: int) -> aiohttp.ClientSession:
+    """The load generators' session: up to ``connections`` kept alive, no decompression, no User-Agent, 30 s per
+    request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=30),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
 async def run(url: str, body: bytes, headers: dict[str, str], connections: int, duration: float, load: Load) -> float:
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
-    ) as session:
+    async with load_session(connections) as session:
         started = time.perf_counter()
         deadline = started + duration
 

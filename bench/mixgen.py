@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from loadgen import MAX_ERROR_SAMPLES, percentiles, run_loop
+from loadgen import MAX_ERROR_SAMPLES, load_session, percentiles, run_loop
 from mix import ABORT, BROKEN, DROP, PARTIAL, READ, Kind
 from yarl import URL
 
@@ -158,11 +158,7 @@ def emit(line: dict[str, Any]) -> None:
 async def run(kinds: list[Kind], connections: int, duration: float, interval: float, seed: int) -> None:
     counts = Counts(kinds)
     turns = schedule(kinds, seed)
-    connector = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
-    ) as session:
+    async with load_session(connections) as session:
         started = time.perf_counter()
         deadline = started + duration
 

@@ -1,6 +1,6 @@
 """Reloading a running gateway's config: the gateway new requests go to, and what outlives a reload.
 
-The application serves a ``Live``: it hands each request to the current ``Gateway`` and counts the requests every
+The server serves a ``Live``: it hands each request to the current ``Gateway`` and counts the requests every
 gateway has in flight. ``reload`` reads the config file again (off the event loop). A valid config becomes a new
 gateway with its own upstream clients, built with what must outlive the old one (``carry_over``: bans, failure
 counts, limit counters, keys, metrics); new requests go to it, and the old one is closed once its last request, or
@@ -96,7 +96,8 @@ def _release(gateway: Gateway, carried: Carried) -> None:
 
 
 class Live:
-    """The application's handlers, passed on to the current gateway (``replace`` puts another in its place)."""
+    """The server's handler and prepare hook, passed on to the current gateway (``replace`` puts another in its
+    place)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

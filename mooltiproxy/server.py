@@ -43,7 +43,6 @@ access_log = logging.getLogger(logs.ACCESS_LOGGER)
 log = logging.getLogger("mooltiproxy")
 
 HEALTH_PATH = "/-/health"
-#: the application's ``Live``: the gateway serving new requests (see ``live``)
 METRICS_PATH = "/-/metrics"
 COUNT_TOKENS = "/messages/count_tokens"
 _PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"

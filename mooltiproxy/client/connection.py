@@ -226,7 +226,8 @@ class Response:
                 self._waiter = None
 
     def arrived(self) -> bytes | None:
-        """The whole body when it has all arrived already (no wait), else None; then ``read`` gives it too."""
+        """The whole body when it has all arrived already (no wait), taken from the answer; else None, and the body
+        is left to ``read`` or ``iter_any``."""
         if not self.complete or self._error is not None:
             return None
         data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
