@@ -80,4 +80,3 @@ def get(path: str, key: str, *extra: str, method: str = "GET", body: bytes = b""
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
