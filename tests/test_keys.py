@@ -299,6 +299,28 @@ def test_unban_reaches_a_running_gateway_through_the_keys_database(
         assert db.execute("SELECT address FROM unbans").fetchall() == [("127.0.0.1",)]
 
 
+def test_unban_of_an_ipv6_address_lifts_its_networks_ban_when_bans_count_per_network(
+    gateway: Any, echo_upstream: str, tmp_path: Path
+) -> None:
+    config = ban_config(echo_upstream, ban_ipv6_prefix=64)
+    config["system"]["trusted_proxies"] = ["127.0.0.1"]
+    path = write(tmp_path, config)
+    gw = gateway(config)
+
+    def from_(address: str, key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": address}
+        return request("GET", gw.url + "/echo", headers=headers).status
+
+    assert from_("2001:db8:0:7::1", "wrong-key") == 401
+    time.sleep(REFRESH_SECONDS + 0.5)
+    assert from_("2001:db8:0:7::99", KEY) == 403  # the whole /64 is banned
+    lifted = cli("unban", "2001:db8:0:7:abcd::1", "--config", path)  # any address of it
+    assert lifted.returncode == 0, lifted.stderr
+    assert eventually(lambda: from_("2001:db8:0:7::99", KEY) == 200)
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        assert db.execute("SELECT address FROM unbans").fetchall() == [("2001:db8:0:7::/64",)]
+
+
 def test_config_mistakes_are_reported_with_their_path(tmp_path: Path) -> None:
     from mooltiproxy.config import build_settings
     from mooltiproxy.errors import ConfigError
