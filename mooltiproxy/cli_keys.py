@@ -49,7 +49,10 @@ def add_parsers(sub: Any, config_help: str) -> None:
 
     unban = sub.add_parser(
         "unban",
-        help="lift the ban of an address (in Redis, and for running gateways through system.keys_db)",
+        help=(
+            "lift the ban of an address, or of its IPv6 network with cerbere.ban_ipv6_prefix (in Redis, and for"
+            " running gateways through system.keys_db)"
+        ),
     )
     unban.add_argument("address")
     unban.add_argument("--config", type=Path, help=config_help)
