@@ -39,9 +39,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: seconds: the target's time to answer, from tens of milliseconds (embeddings) to minutes (long generations)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: seconds: the gateway's own work, well under a millisecond when all is well
+_ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 #: seconds at most between a request and its observations reaching the metrics (a scrape adds them at once)
 FLUSH_SECONDS = 1.0
-_ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 def usage_counts(answer: Any) -> tuple[int | None, int | None]:
@@ -141,24 +141,18 @@ class Metrics:
         #: its ``upstreams`` are switched to the new gateway's when a reload carries these metrics over
         self.replicas = _Replicas(upstreams)
         self.registry.register(self.replicas)
-        # The labelled children, looked up once: ``labels()`` costs more than the increment it leads to.
-        self._counted: dict[tuple[str, str, int], Any] = {}
-        self._timed: dict[str, tuple[Any, Any, Any, Any]] = {}
-        #: in memory, the observations are counted cheaply and added in bulk (see ``tally``); in a shared
-        #: folder, at once, so that every worker's scrape sees them
-        self.tally = (
-            Tally(
-                self.requests,
-                self.upstream_seconds,
-                self.added_seconds,
-                self.tokens_in,
-                self.tokens_out,
-                _UPSTREAM_BUCKETS,
-                _ADDED_BUCKETS,
-            )
-            if own is not None
-            else None
+        #: each request's observations, counted cheaply (see ``tally``); in memory they are added to the metrics in
+        #: bulk, in a shared folder at once, so that every worker's scrape sees them
+        self.tally = Tally(
+            self.requests,
+            self.upstream_seconds,
+            self.added_seconds,
+            self.tokens_in,
+            self.tokens_out,
+            _UPSTREAM_BUCKETS,
+            _ADDED_BUCKETS,
         )
+        self.shared = own is None
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def observe(
@@ -172,40 +166,16 @@ class Metrics:
         tokens_out: int | None,
     ) -> None:
         """One answered request. ``upstream``/``added``: seconds, None when not measured."""
-        if self.tally is not None:
-            self.tally.add(target, route, status, upstream, added, tokens_in, tokens_out)
-            if self._flush_timer is None:
-                self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-            return
-        key = (target, route, status)
-        counter = self._counted.get(key)
-        if counter is None:
-            counter = self._counted[key] = self.requests.labels(target, route, str(status))
-        counter.inc()
-        if upstream is None and added is None and not tokens_in and not tokens_out:
-            return
-        timed = self._timed.get(target)
-        if timed is None:
-            timed = self._timed[target] = (
-                self.upstream_seconds.labels(target),
-                self.added_seconds.labels(target),
-                self.tokens_in.labels(target),
-                self.tokens_out.labels(target),
-            )
-        if upstream is not None:
-            timed[0].observe(upstream)
-        if added is not None:
-            timed[1].observe(max(0.0, added))
-        if tokens_in:
-            timed[2].inc(tokens_in)
-        if tokens_out:
-            timed[3].inc(tokens_out)
+        self.tally.add(target, route, status, upstream, added, tokens_in, tokens_out)
+        if self.shared:
+            self.tally.flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
         """Add the tallied observations to the metrics (at a scrape, and within ``FLUSH_SECONDS`` of one)."""
         self._flush_timer = None
-        if self.tally is not None:
-            self.tally.flush()
+        self.tally.flush()
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

@@ -2,9 +2,9 @@
 
 An increment of a ``prometheus_client`` value takes a lock, and a histogram's observation walks its buckets: about
 9 µs of every request for the gateway's few metrics. Here a request costs a few dictionary and list updates; the
-sums go to the metrics at the next scrape, or within a second (``Metrics`` schedules it). Used when the process
-keeps its metrics in memory; with a folder shared by workers each observation is written at once, so that a
-scrape by any worker sees every other's.
+sums go to the metrics at the next scrape, or within a second (``Metrics`` schedules it). With a folder shared by
+workers, ``Metrics`` flushes after every request instead, so that a scrape by any worker sees every other's. The
+labelled children are looked up once: ``labels()`` costs more than the increment it leads to.
 
 Buckets are counted as ``prometheus_client`` counts them (an observation goes to the first bucket whose upper
 bound is at least its value), and added to the histogram's own bucket values, the one part of its state that has
@@ -43,13 +43,15 @@ class _Histogram:
 
 
 class _Target:
-    __slots__ = ("added", "tokens_in", "tokens_out", "upstream")
+    __slots__ = ("added", "children", "tokens_in", "tokens_out", "upstream")
 
     def __init__(self, upstream_bounds: tuple[float, ...], added_bounds: tuple[float, ...]) -> None:
         self.upstream = _Histogram(upstream_bounds)
         self.added = _Histogram(added_bounds)
         self.tokens_in = 0
         self.tokens_out = 0
+        #: the target's labelled upstream and added histograms, tokens in and out counters (at its first flush)
+        self.children: tuple[Any, Any, Any, Any] | None = None
 
 
 class Tally:
@@ -69,7 +71,7 @@ class Tally:
         self.bounds = (upstream_bounds, added_bounds)
         self.requests: dict[tuple[str, str, int], int] = {}
         self.targets: dict[str, _Target] = {}
-        self.pending = False
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     def add(
         self,
@@ -83,7 +85,6 @@ class Tally:
     ) -> None:
         key = (target, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.pending = True
         if upstream is None and added is None and not tokens_in and not tokens_out:
             return
         per = self.targets.get(target)
@@ -100,16 +101,22 @@ class Tally:
 
     def flush(self) -> None:
         """Add everything counted since the last flush to the metrics."""
-        if not self.pending:
+        if not self.requests:  # every observation counts a request: nothing since the last flush
             return
         requests, upstream_seconds, added_seconds, tokens_in, tokens_out = self.metrics
-        for (target, route, status), count in self.requests.items():
-            requests.labels(target, route, str(status)).inc(count)
+        for key, count in self.requests.items():
+            counter = self._counters.get(key)
+            if counter is None:
+                target, route, status = key
+                counter = self._counters[key] = requests.labels(target, route, str(status))
+            counter.inc(count)
         self.requests.clear()
         for target, per in self.targets.items():  # each of the four exposed from its target's first timed request
-            per.upstream.add_to(upstream_seconds.labels(target))
-            per.added.add_to(added_seconds.labels(target))
-            tokens_in.labels(target).inc(per.tokens_in)
-            tokens_out.labels(target).inc(per.tokens_out)
+            if per.children is None:
+                per.children = tuple(m.labels(target) for m in (upstream_seconds, added_seconds, tokens_in, tokens_out))
+            upstream, added, given, made = per.children
+            per.upstream.add_to(upstream)
+            per.added.add_to(added)
+            given.inc(per.tokens_in)
+            made.inc(per.tokens_out)
             per.tokens_in = per.tokens_out = 0
-        self.pending = False

@@ -1,4 +1,5 @@
-"""The tallied metrics (``mooltiproxy.tally``): in bulk, the same exposition as one observation at a time."""
+"""The tallied metrics (``mooltiproxy.tally``): added in bulk, the same exposition as added after every request
+(as the workers of a shared folder add them)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def exposition(metrics: Metrics) -> list[str]:
 def test_tallied_observations_expose_as_observations_one_at_a_time() -> None:
     async def both() -> tuple[list[str], list[str]]:
         tallied, direct = Metrics({}), Metrics({})
-        direct.tally = None  # the path a worker with a shared folder takes
         for seen in SEEN * 3:
             tallied.observe(*seen)
             direct.observe(*seen)
+            direct.flush()  # after every request
         assert exposition(tallied) != exposition(direct)  # nothing added yet
         tallied.flush()
         first = exposition(tallied)
