@@ -66,17 +66,6 @@ def reason(message: str | None) -> str:
     return first or "the request is not valid HTTP/1.1"
 
 
-def _error_response(status: int, error: GatewayError) -> web.Response:
-    response = web.Response(
-        status=status,
-        body=error.to_json(),
-        content_type="application/json",
-        headers={"Server": "mooltiproxy", "Connection": "close"},
-    )
-    response.force_close()
-    return response
-
-
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, with the gateway's answer to a request it cannot parse or serve."""
 
@@ -93,7 +82,14 @@ class GuardedHandler(RequestHandler):
             error = GatewayError(reason(message), status=status, type="invalid_request_error", code="invalid_http")
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         log.info("%d from %s: %s (%s)", status, peer[0] if peer else "?", error.message, type(exc).__name__)
-        return _error_response(status, error)
+        response = web.Response(
+            status=status,
+            body=error.to_json(),
+            content_type="application/json",
+            headers={"Server": "mooltiproxy", "Connection": "close"},
+        )
+        response.force_close()
+        return response
 
 
 class GatewayRequest(BaseRequest):
