@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from .config import load_config
 from .config.model import Settings
 from .errors import ConfigError
+from .inbound import Request, Response
 from .state import MemoryState
 
 if TYPE_CHECKING:
@@ -53,8 +53,6 @@ RESTART_ONLY = {
     "grace_seconds": "system.grace_seconds",
     "pid_file": "system.pid_file",
 }
-
-_SERVED_BY: web.RequestKey[Gateway] = web.RequestKey("mooltiproxy_gateway")
 
 
 @dataclass
@@ -110,9 +108,9 @@ class Live:
         #: one reload at a time
         self.lock = asyncio.Lock()
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         gateway = self.gateway
-        request[_SERVED_BY] = gateway
+        request.served_by = gateway
         active = self._active
         active[gateway] = active.get(gateway, 0) + 1
         try:
@@ -127,8 +125,8 @@ class Live:
                 if idle is not None:
                     idle.set()
 
-    async def on_prepare(self, request: BaseRequest, response: web.StreamResponse) -> None:
-        await request.get(_SERVED_BY, self.gateway).on_prepare(request, response)
+    def on_prepare(self, request: Request, response: Response) -> None:
+        (request.served_by or self.gateway).on_prepare(request, response)
 
     async def start(self) -> None:
         self.started = True

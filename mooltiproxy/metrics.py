@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from yarl import URL
 
+from .inbound import Response
 from .tally import Tally
 from .upstream import Upstream
 
@@ -188,7 +188,10 @@ class Metrics:
         self.flush()
         return await asyncio.to_thread(generate_latest, self.registry)
 
-    async def answer(self, _request: BaseRequest | None = None) -> web.Response:
+    async def answer(self) -> Response:
+        return Response(body=await self.exposition(), content_type=CONTENT_TYPE)
+
+    async def _answer(self, _request: web.Request) -> web.Response:  # the key-less listener's handler
         return web.Response(body=await self.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def listen(self, host: str, port: int, path: str) -> web.AppRunner:
@@ -196,7 +199,7 @@ class Metrics:
 
         Every worker of one ``serve`` listens on the same port (``SO_REUSEPORT``): any of them answers the sum."""
         app = web.Application()
-        app.router.add_get(path, self.answer)
+        app.router.add_get(path, self._answer)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

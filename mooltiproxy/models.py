@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import orjson
-from aiohttp import web
 from multidict import CIMultiDict
 
 from .config.model import Settings
 from .errors import GatewayError, NotFound
+from .inbound import Response, json_response
 from .upstream import Upstream
 
 __all__ = ["ModelList"]
@@ -80,7 +80,7 @@ class ModelList:
         bare = path[3:] if path.startswith("/v1/") else path
         return bare == "/models" or bare.startswith("/models/")
 
-    async def answer(self, path: str, target: str | None) -> web.Response:
+    async def answer(self, path: str, target: str | None) -> Response:
         """Answer a path ``handles`` accepted; ``target`` lists only that target's model."""
         data = await self.listing(target)
         bare = path[3:] if path.startswith("/v1/") else path
@@ -88,6 +88,6 @@ class ModelList:
             wanted = bare[len("/models/") :]
             for model in data:
                 if model["id"] == wanted:
-                    return web.Response(body=orjson.dumps(model), content_type="application/json")
+                    return json_response(orjson.dumps(model))
             raise NotFound(f"The model '{wanted}' does not exist", param="model", code="model_not_found")
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+        return json_response(orjson.dumps({"object": "list", "data": data}))

@@ -16,27 +16,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 
 from .client import ClientError
 from .config.model import Route, Target
 from .errors import BadRequest, GatewayError, UnsupportedMediaType, UpstreamError
+from .inbound import Request, Response, StreamResponse, json_response
 from .limits import usage_tokens
 from .metrics import usage_counts
 from .plugin import USAGE_COUNTS, USAGE_TOKENS, Fanout, MappingContext
 from .redact import Redactor
 from .relay import Exchange, call_mapper, relay_stream, upstream_failure
 from .routing import is_json
-from .upstream import HOP_BY_HOP, Response, Upstream, decode_body
+from .upstream import HOP_BY_HOP, Upstream, decode_body
+from .upstream import Response as Answer
 
 __all__ = ["Exchange", "forward"]
 
 log = logging.getLogger("mooltiproxy")
 debug_log = logging.getLogger("mooltiproxy.debug")
 
-#: request headers the gateway consumes or recomputes (aiohttp has already decoded a compressed request body)
+#: request headers the gateway consumes or recomputes (a compressed request body is read decoded)
 _DROP_REQUEST = HOP_BY_HOP | {
     "host",
     "authorization",
@@ -76,9 +76,8 @@ def _encode(value: Any, error: type[GatewayError], what: str) -> bytes:
         raise error(f"{what}: {exc}") from exc
 
 
-def _json_response(answer: Any) -> web.Response:
-    body = _encode(answer, UpstreamError, "the mapped answer cannot be sent")
-    return web.Response(body=body, content_type="application/json")
+def _json_response(answer: Any) -> Response:
+    return json_response(_encode(answer, UpstreamError, "the mapped answer cannot be sent"))
 
 
 def _named_by_connection(headers: MultiMapping[str]) -> frozenset[str]:
@@ -123,13 +122,13 @@ def _answer_headers(upstream: MultiMapping[str], keep_encoding: bool) -> CIMulti
 
 
 async def forward(
-    request: BaseRequest,
+    request: Request,
     exchange: Exchange,
     target: Target,
     route: Route,
     client: Upstream,
     redactor: Redactor | None,
-) -> web.StreamResponse:
+) -> Response:
     """Serve ``exchange`` through ``route``; with ``exchange.final`` false, upstream failures raise ``Unavailable``
     for a fallback target to take over."""
     ctx = route.context(target, exchange.method)
@@ -181,7 +180,7 @@ async def forward(
 
 
 async def _single(
-    request: BaseRequest,
+    request: Request,
     exchange: Exchange,
     ctx: MappingContext,
     client: Upstream,
@@ -189,7 +188,7 @@ async def _single(
     body: bytes | None,
     answer: Any,
     redactor: Redactor | None,
-) -> web.StreamResponse:
+) -> Response:
     started = time.perf_counter()
     async with client.request(
         exchange.method, ctx.upstream_path, exchange.query, headers, body, final=exchange.final
@@ -202,7 +201,7 @@ async def _single(
     if resp.status >= 300:
         error = answer.error(resp.status, data, ctx)
         if error is None:
-            return web.Response(status=resp.status, body=data, headers=_answer_headers(resp.headers, False))
+            return Response(status=resp.status, body=data, headers=_answer_headers(resp.headers, False))
         raise error
     mapped = await _map_answer(answer, resp.headers.get("Content-Type"), data, ctx, redactor)
     _count(exchange, mapped)
@@ -227,7 +226,7 @@ async def _map_answer(
     return out
 
 
-async def _pass_through(request: BaseRequest, exchange: Exchange, resp: Response, started: float) -> web.StreamResponse:
+async def _pass_through(request: Request, exchange: Exchange, resp: Answer, started: float) -> Response:
     """Relay status, headers and body bytes as they come (compressed bodies untouched).
 
     A body that came whole with the head (most JSON answers) is answered in one write, as a plain response."""
@@ -239,8 +238,8 @@ async def _pass_through(request: BaseRequest, exchange: Exchange, resp: Response
             if exchange.count_tokens and resp.status < 300 and "Content-Encoding" not in resp.headers:
                 if len(whole) <= _USAGE_READ_LIMIT and is_json(resp.headers.get("Content-Type")):
                     _passed_usage(exchange, whole)
-            return web.Response(status=resp.status, reason=resp.reason, body=whole, headers=headers)
-    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            return Response(status=resp.status, reason=resp.reason, body=whole, headers=headers)
+    out = StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
     length = resp.headers.get("Content-Length")
     if length is not None and length.isdigit():
         out.content_length = int(length)
@@ -277,7 +276,7 @@ async def _fanout(
     bodies: list[bytes | None],
     answer: Any,
     redactor: Redactor | None,
-) -> web.StreamResponse:
+) -> Response:
     """Send every request of a ``Fanout`` at once; the answer mapper gets the list of parsed answers.
 
     The first failure cancels the requests still running: their answers could not be used anyway.

@@ -14,11 +14,10 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 
 from .errors import GatewayError, UpstreamError
+from .inbound import Request, StreamResponse
 from .plugin import MappingContext, StreamTranslator
 from .upstream import Response, Upstream, decode_body
 
@@ -105,14 +104,14 @@ def upstream_failure(status: int, data: bytes, ctx: MappingContext, answer: Any)
 
 
 async def relay_stream(
-    request: BaseRequest,
+    request: Request,
     exchange: Exchange,
     ctx: MappingContext,
     client: Upstream,
     headers: CIMultiDict[str],
     bodies: list[bytes | None],
     answer: Any,
-) -> web.StreamResponse:
+) -> StreamResponse:
     """Translate one or more upstream event streams into the client's, chunk by chunk as tokens arrive."""
     translator: StreamTranslator = answer.stream(ctx)
     queue: asyncio.Queue[tuple[int, bytes | None | BaseException]] = asyncio.Queue(QUEUE_SIZE)
@@ -136,7 +135,7 @@ async def relay_stream(
             await queue.put((index, exc))
 
     tasks = [asyncio.ensure_future(pump(i, b)) for i, b in enumerate(bodies)]
-    out: web.StreamResponse | None = None
+    out: StreamResponse | None = None
     try:
         open_streams = len(tasks)
         while open_streams:
@@ -176,9 +175,9 @@ async def relay_stream(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _start(request: BaseRequest, exchange: Exchange, content_type: str) -> web.StreamResponse:
+async def _start(request: Request, exchange: Exchange, content_type: str) -> StreamResponse:
     headers = {"Content-Type": content_type, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    out = web.StreamResponse(headers=headers)
+    out = StreamResponse(headers=headers)
     await out.prepare(request)
     exchange.started = True
     return out

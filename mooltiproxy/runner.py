@@ -10,9 +10,8 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
-from aiohttp import web
-
 from .config.model import Settings
+from .inbound import Listener
 from .live import Live
 from .logs import configure_logging as _configure_logging
 from .server import create_server
@@ -34,17 +33,18 @@ class GatewayRunner:
     """A started gateway: ``await cleanup()`` stops it (it stops accepting, lets the requests in flight finish within
     ``settings.grace_seconds``, then closes them and the upstream clients); ``live`` is what ``reload`` replaces."""
 
-    def __init__(self, runner: web.ServerRunner, live: Live) -> None:
-        self.runner = runner
+    def __init__(self, listener: Listener, live: Live, grace: float) -> None:
+        self.listener = listener
         self.live = live
+        self.grace = grace
 
     @property
     def addresses(self) -> list[Any]:
-        return self.runner.addresses
+        return self.listener.addresses
 
     async def cleanup(self) -> None:
         try:
-            await self.runner.cleanup()
+            await self.listener.close(self.grace)
         finally:
             await self.live.stop()
 
@@ -55,22 +55,17 @@ async def start_gateway(
     """Start the gateway; return its runner (see ``GatewayRunner``) and its base URL.
 
     ``reuse_port``: listen with ``SO_REUSEPORT``, as every worker of one ``serve`` does on the same port."""
-    server, live = create_server(settings)
-    # aiohttp reads a shutdown timeout of 0 as none at all: the smallest grace is a millisecond.
-    grace = max(settings.grace_seconds, 0.001)
-    runner = web.ServerRunner(server, shutdown_timeout=grace)
-    await runner.setup()
-    gateway = GatewayRunner(runner, live)
+    listener, live = create_server(settings)
+    gateway = GatewayRunner(listener, live, settings.grace_seconds)
     try:
         await live.start()
         context = ssl_context(settings)
         bind_host, bind_port = host or settings.host, settings.port if port is None else port
-        site = web.TCPSite(runner, bind_host, bind_port, ssl_context=context, reuse_port=reuse_port or None)
-        await site.start()
+        await listener.listen(bind_host, bind_port, ssl_context=context, reuse_port=reuse_port)
     except BaseException:
         await gateway.cleanup()  # closes the upstream clients opened at start-up
         raise
-    sockets = runner.addresses
+    sockets = listener.addresses
     bound = sockets[0][1] if sockets else port
     shown = host or settings.host
     if ":" in shown:

@@ -15,16 +15,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
-from aiohttp.web_request import BaseRequest
 
 from . import logs
 from .config.model import Settings
-from .connections import GuardedServer, read_within
 from .errors import BadRequest, Forbidden, GatewayError, NotFound, PayloadTooLarge, RequestTimeout, UpstreamError
 from .guard import Guard
 from .health import watch
+from .inbound import BodyError, BodyTooLarge, Listener, Request, Response, json_response
 from .keys import KeyRing, KeyStore, permit
 from .limits import Limiter
 from .live import Carried, Live
@@ -119,7 +116,7 @@ class Gateway:
             return "*"
         return origin if origin in self.origins else None
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         info = logs.start(request.headers.get("X-Request-Id"))
         self.metrics.in_flight.inc()
@@ -128,7 +125,7 @@ class Gateway:
         route_label = "unrouted"  # a fixed word or a mapped path, never the raw path (bounded label values)
         payload: Any = None
         exchange: Exchange | None = None
-        response: web.StreamResponse | None = None
+        response: Response | None = None
         anthropic = _is_anthropic(request.path)  # errors in Anthropic's shape
         try:
             forwarded = None
@@ -138,7 +135,7 @@ class Gateway:
             path = request.path
             if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
                 route_label = "health"
-                response = web.json_response({"status": "ok", "pid": os.getpid()})  # the worker that answered
+                response = json_response(orjson.dumps({"status": "ok", "pid": os.getpid()}))  # the worker that answered
                 return response
             metrics = path == METRICS_PATH and request.method in ("GET", "HEAD")
             if metrics and self.settings.metrics_host is not None:
@@ -183,10 +180,9 @@ class Gateway:
             hops = routes(self.settings, target, route, path, request.method)
             if body is None:
                 body = await self.read(request)
-            query = request.raw_path.partition("?")[2]
             for i, hop in enumerate(hops):
                 target_name, route_label = hop.target.name, hop.route.inbound
-                exchange = Exchange(request.method, path, query, request.headers, body)
+                exchange = Exchange(request.method, path, request.query_string, request.headers, body)
                 exchange.request_id = info.id
                 if i > 0:  # a mapper may have changed the parsed body in place: a fallback starts from the bytes
                     payload = None
@@ -214,9 +210,6 @@ class Gateway:
             response = self.error_response(error, anthropic)
             if isinstance(error, RequestTimeout):  # the rest of the body will not be read: answer, then hang up
                 response.force_close()
-                await response.prepare(request)
-                await response.write_eof()
-                request.protocol.force_close()
             return response
         except Exception as exc:
             if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
@@ -236,13 +229,13 @@ class Gateway:
 
     def done(
         self,
-        request: BaseRequest,
+        request: Request,
         info: logs.RequestInfo,
         started: float,
         ip: str,
         target: str,
         route: str,
-        response: web.StreamResponse | None,
+        response: Response | None,
         exchange: Exchange | None,
         payload: Any,
     ) -> None:
@@ -277,25 +270,25 @@ class Gateway:
             }
             logs.access(fields)
 
-    async def read(self, request: BaseRequest) -> bytes:
+    async def read(self, request: Request) -> bytes:
         limit = self.settings.max_body_size
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
         if not request.body_exists:
             return b""
         try:
-            return await read_within(request, self.settings.body_timeout)
+            return await request.read(self.settings.body_timeout)
         except asyncio.TimeoutError as exc:
             raise RequestTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s") from exc
-        except web.HTTPRequestEntityTooLarge as exc:
+        except BodyTooLarge as exc:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
-        except (RequestPayloadError, HttpProcessingError) as exc:  # broken chunking or content encoding
+        except BodyError as exc:  # broken chunking or content encoding
             raise BadRequest(f"the request body cannot be read: {exc}") from exc
 
-    def preflight(self, request: BaseRequest) -> web.StreamResponse:
+    def preflight(self, request: Request) -> Response:
         origin = request.headers.get("Origin")
         if origin is None:  # a plain OPTIONS, not a browser pre-flight
-            return web.Response(status=204, headers={"Allow": _PREFLIGHT_METHODS})
+            return Response(status=204, headers={"Allow": _PREFLIGHT_METHODS})
         allowed = self.allowed_origin(origin)
         if allowed is None:
             return self.error_response(GatewayError(f"origin '{origin}' is not allowed", status=403, type="cors"))
@@ -304,13 +297,13 @@ class Gateway:
             "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
             "Access-Control-Max-Age": "600",
         }
-        return web.Response(status=204, headers=headers)
+        return Response(status=204, headers=headers)
 
-    def error_response(self, error: GatewayError, anthropic: bool = False) -> web.Response:
+    def error_response(self, error: GatewayError, anthropic: bool = False) -> Response:
         body = error.anthropic_json() if anthropic else error.to_json()
-        return web.Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
+        return Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
 
-    async def on_prepare(self, request: BaseRequest, response: web.StreamResponse) -> None:
+    def on_prepare(self, request: Request, response: Response) -> None:
         """Headers every answer gets: no server version for scanners, the request id, CORS for browser pages."""
         response.headers["Server"] = "mooltiproxy"
         info = logs.current.get()
@@ -340,18 +333,16 @@ def _is_anthropic(path: str) -> bool:
     return bare == "/messages" or bare.startswith("/messages/")
 
 
-def create_server(settings: Settings) -> tuple[GuardedServer, Live]:
+def create_server(settings: Settings) -> tuple[Listener, Live]:
     """The gateway's HTTP server, and what passes each request on to the current gateway (``live.reload``
-    replaces it). Serve it with a ``web.ServerRunner``, as ``runner.start_gateway`` does; start and stop ``live``
-    around it. A client that disconnects cancels its handler, which closes the upstream request."""
+    replaces it). ``runner.start_gateway`` makes it listen; start and stop ``live`` around it. A client that
+    disconnects cancels its handler, which closes the upstream request."""
     live = Live(Gateway(settings))
-    # The body limit is enforced in Gateway.read with an OpenAI-shaped 413; aiohttp's own is set just above it.
-    server = GuardedServer(
+    listener = Listener(
         live.handle,
         live.on_prepare,
         limit=settings.max_connections,
-        client_max_size=settings.max_body_size + 1,
-        access_log=None,
-        keepalive_timeout=settings.header_timeout,  # closes idle connections and those still sending headers
+        body_limit=settings.max_body_size,
+        header_timeout=settings.header_timeout,  # closes idle connections and those still sending their head
     )
-    return server, live
+    return listener, live
