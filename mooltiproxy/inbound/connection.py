@@ -49,8 +49,8 @@ PIPELINE_DEPTH = 8
 LINGER_SECONDS = 2.0
 #: headers a request may carry once at most (a second Host is how some caches are fooled)
 SINGLE = frozenset(
-    ["content-length", "content-location", "content-range", "content-type", "etag", "host", "max-forwards"]
-    + ["server", "transfer-encoding", "user-agent"]
+    [b"content-length", b"content-location", b"content-range", b"content-type", b"etag", b"host", b"max-forwards"]
+    + [b"server", b"transfer-encoding", b"user-agent"]
 )
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE")}
 
@@ -103,6 +103,15 @@ def _target(url: bytes, method: str) -> tuple[str, str]:
     return (unquote(path) if "%" in path else path), query
 
 
+def _single_valued(raw: list[tuple[bytes, bytes]]) -> None:
+    seen: set[bytes] = set()
+    for name, _ in raw:
+        lower = name.lower()
+        if lower in seen and lower in SINGLE:
+            raise Refused(f"more than one '{lower.decode('latin-1')}' header")
+        seen.add(lower)
+
+
 class Connection(asyncio.Protocol):
     """One client connection, its parser and the request being answered."""
 
@@ -123,7 +132,10 @@ class Connection(asyncio.Protocol):
         self._parsed: list[Request] = []
         self._queue: collections.deque[Request] = collections.deque()
         self.task: asyncio.Task[None] | None = None
+        #: the header timeout's timer, armed once and moved on rather than made again for every request
         self._timer: asyncio.TimerHandle | None = None
+        #: when the connection last became idle (its start, the end of an answer); None while a request is under way
+        self._idle_since: float | None = None
         #: the answer for a request that could not be parsed, sent once those before it are answered
         self._refusal: bytes | None = None
         #: no request after the current one: the connection closes once it is answered
@@ -215,22 +227,17 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        headers: CIMultiDict[str] = CIMultiDict()
-        seen: set[str] = set()
-        for raw_name, raw_value in self._headers:
-            name = raw_name.decode("latin-1")
-            lower = name.lower()
-            if lower in SINGLE:
-                if lower in seen:
-                    raise Refused(f"more than one '{lower}' header")
-                seen.add(lower)
-            value = raw_value.rstrip(b" \t")  # llhttp strips the whitespace before a value, not after it
-            if b"\x00" in value:
-                raise Refused("a header value contains a NUL")
-            headers.add(name, value.decode("utf-8", "surrogateescape"))
+        raw = self._headers
+        names = {name.lower() for name, _ in raw}
+        if len(names) != len(raw):
+            _single_valued(raw)
+        # llhttp has refused control characters in values and strips the whitespace before a value, not after it
+        headers = CIMultiDict(
+            [(name.decode("latin-1"), value.rstrip(b" \t").decode("utf-8", "surrogateescape")) for name, value in raw]
+        )
         parser = self.parser
         version = parser.get_http_version()
-        if "host" not in seen and version == "1.1":
+        if b"host" not in names and version == "1.1":
             raise Refused("an HTTP/1.1 request needs a Host header")
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
@@ -238,9 +245,7 @@ class Connection(asyncio.Protocol):
         request = Request(self, method, path, query, headers, version, parser.should_keep_alive())
         self._parsing = request
         self._parsed.append(request)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle_since = None
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
@@ -324,11 +329,19 @@ class Connection(asyncio.Protocol):
         self._close(linger=True)
 
     def _wait_for_head(self) -> None:
-        self._timer = self.loop.call_later(self.listener.header_timeout, self._expire)
+        self._idle_since = now = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(now + self.listener.header_timeout, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        if self.task is None and not self._queue and self.transport is not None:
+        since = self._idle_since
+        if since is None or self.task is not None or self._queue or self.transport is None:
+            return  # a request is under way: its end arms the timer again
+        left = since + self.listener.header_timeout - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._expire)
+        else:
             self.transport.close()
 
     def _close(self, *, linger: bool) -> None:

@@ -235,9 +235,7 @@ class Response:
         """The status line and headers, with the ones the connection decides: Date, framing, Connection."""
         connection = request.connection
         connection.prepare_hook(request, self)
-        headers = self.headers
-        for name in ("Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive"):
-            headers.popall(name, None)
+        headers = self.headers  # never the framing ones (Content-Length, Transfer-Encoding, Connection): set here
         if not request.complete or connection.closing or not request.keep_alive:
             self.closing = True
         reason = self.reason if self.reason is not None else phrase(self.status)
