@@ -138,6 +138,8 @@ class _Direct:
         self.text = handler.formatter if isinstance(handler.formatter, TextFormatter) else TextFormatter(_TEXT)
         self.root = logging.getLogger()
         self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._second = -1
+        self._prefix = self._who = ""
 
     def alone(self) -> bool:
         root, logger, handler = self.root, self.logger, self.handler
@@ -152,39 +154,79 @@ class _Direct:
             and handler.level <= logging.INFO
         )
 
-    def line(self, f: Mapping[str, Any]) -> str:
+    def json_line(self, f: Mapping[str, Any]) -> str:
+        out: dict[str, object] = {"time": _time(time.time()), "level": "info"}
+        if self.pid:
+            out["pid"] = os.getpid()
+        out.update(f)
+        return orjson.dumps(out, default=str).decode()
+
+    def text_line(self, client: str, method: str, path: str, target: str, status: int, up: float, total: float) -> str:
+        """The text line of ``ACCESS_TEXT`` (without its request id), formatted here rather than by logging."""
         now = time.time()
-        if self.json:
-            out: dict[str, object] = {"time": _time(now), "level": "info"}
-            if self.pid:
-                out["pid"] = os.getpid()
-            out.update(f)
-            return orjson.dumps(out, default=str).decode()
-        stamp = self.text.stamp(now, int((now - int(now)) * 1000))
-        who = f"INFO [{os.getpid()}]" if self.pid else "INFO"
+        second = int(now)
+        if second != self._second:
+            who = f"INFO [{os.getpid()}]" if self.pid else "INFO"
+            self._second, self._prefix = second, f"{self.text.stamp(second, 0)[:-3]}"
+            self._who = f" {who} {ACCESS_LOGGER}: "
         return (
-            f'{stamp} {who} {ACCESS_LOGGER}: {f["client"]} "{f["method"]} {f["path"]}" target={f["target"]} '
-            f"status={f['status']:d} upstream_ms={f['upstream_ms']:.1f} total_ms={f['total_ms']:.1f} "
-            f"request_id={f['request_id']}"
+            f'{self._prefix}{int((now - second) * 1000):03d}{self._who}{client} "{method} {path}" target={target} '
+            f"status={status:d} upstream_ms={up:.1f} total_ms={total:.1f} request_id="
         )
+
+    def write(self, text: str) -> None:
+        handler = self.handler
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(text)
+            handler.stream.flush()
 
 
 _direct: _Direct | None = None
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
-def access(fields: Mapping[str, Any]) -> None:
+def access(
+    request_id: str,
+    client: str,
+    method: str,
+    path: str,
+    target: str,
+    route: str,
+    model: str | None,
+    status: int,
+    upstream_seconds: float,
+    total_seconds: float,
+    tokens_in: int | None,
+    tokens_out: int | None,
+) -> None:
     """Log one access line (the caller has checked that the access logger is enabled for INFO)."""
     direct = _direct
-    if direct is not None and direct.alone():
-        handler = direct.handler
-        try:
-            text = direct.line(fields)
-            with handler.lock or contextlib.nullcontext():
-                handler.stream.write(text + "\n")
-                handler.stream.flush()
+    if direct is not None and not direct.json and direct.alone():
+        try:  # the common case, formatted without the record's mapping
+            up, total = upstream_seconds * 1000, total_seconds * 1000
+            direct.write(direct.text_line(client, method, path, target, status, up, total) + request_id + "\n")
             return
         except Exception:  # a closed or broken stream: let logging report it its own way
+            pass
+    fields = {
+        "request_id": request_id,
+        "client": client,
+        "method": method,
+        "path": path,
+        "target": target,
+        "route": route,
+        "model": model,
+        "status": status,
+        "upstream_ms": round(upstream_seconds * 1000, 1),
+        "total_ms": round(total_seconds * 1000, 1),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+    }
+    if direct is not None and direct.json and direct.alone():
+        try:
+            direct.write(direct.json_line(fields) + "\n")
+            return
+        except Exception:
             pass
     _access.info(ACCESS_TEXT, fields)
 

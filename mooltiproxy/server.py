@@ -254,21 +254,9 @@ class Gateway:
         if info.stream:
             metrics.in_flight_streams.dec()
         if access_log.isEnabledFor(logging.INFO):
-            fields = {
-                "request_id": info.id,
-                "client": ip,
-                "method": request.method,
-                "path": request.path,
-                "target": target,
-                "route": route,
-                "model": model_of(exchange.payload if exchange is not None else payload),
-                "status": status,
-                "upstream_ms": round(upstream * 1000, 1),
-                "total_ms": round(total * 1000, 1),
-                "tokens_in": tokens_in,
-                "tokens_out": tokens_out,
-            }
-            logs.access(fields)
+            model = model_of(exchange.payload if exchange is not None else payload)
+            method, path = request.method, request.path
+            logs.access(info.id, ip, method, path, target, route, model, status, upstream, total, tokens_in, tokens_out)
 
     async def read(self, request: Request) -> bytes:
         limit = self.settings.max_body_size

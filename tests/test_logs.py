@@ -215,7 +215,7 @@ FIELDS = {
     "route": "/v1/chat/completions",
     "model": "m",
     "status": 200,
-    "upstream_ms": 1.25,
+    "upstream_ms": 1.5,
     "total_ms": 2.0,
     "tokens_in": 12,
     "tokens_out": None,
@@ -237,7 +237,8 @@ def test_the_direct_access_line_is_the_line_the_formatter_writes(
     try:
         logs.configure_logging(False, log_format, pid=pid)
         assert logs._direct is not None and logs._direct.alone()
-        logs.access(FIELDS)  # written directly
+        values = [FIELDS[k] for k in ("request_id", "client", "method", "path", "target", "route", "model", "status")]
+        logs.access(*values, 0.0015, 0.002, FIELDS["tokens_in"], FIELDS["tokens_out"])  # written directly
         handler = root.handlers[0]
         record = logging.getLogger(logs.ACCESS_LOGGER).makeRecord(
             logs.ACCESS_LOGGER, logging.INFO, "", 0, logs.ACCESS_TEXT, (FIELDS,), None
