@@ -292,8 +292,8 @@ class Gateway:
         return Response(status=error.status, body=body, content_type="application/json", headers=error.headers)
 
     def on_prepare(self, request: Request, response: Response) -> None:
-        """Headers every answer gets: no server version for scanners, the request id, CORS for browser pages."""
-        response.headers["Server"] = "mooltiproxy"
+        """Headers every answer gets (with ``Server: mooltiproxy``, no version for scanners, from the connection): the
+        request id, CORS for browser pages."""
         info = logs.current.get()
         if info is not None:
             theirs = response.headers.get("X-Request-Id")

@@ -13,11 +13,10 @@ import asyncio
 import time
 import zlib
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
-
-from ..client.wire import phrase
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -27,6 +26,7 @@ __all__ = ["BodyError", "BodyTooLarge", "Request", "Response", "StreamResponse",
 #: answers that never carry a body (RFC 9110 §6.4.1)
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class BodyError(Exception):
@@ -187,7 +187,7 @@ def _decoded(data: bytes, encoding: str, limit: int) -> bytes:
 
 
 class _Date:
-    """The ``Date`` header's value, formatted once a second."""
+    """The ``Date`` and ``Server`` header lines, formatted once a second."""
 
     second = 0
     value = ""
@@ -196,7 +196,7 @@ class _Date:
     def now(cls) -> str:
         second = int(time.time())
         if second != cls.second:
-            cls.second, cls.value = second, formatdate(second, usegmt=True)
+            cls.second, cls.value = second, f"Date: {formatdate(second, usegmt=True)}\r\nServer: mooltiproxy\r\n"
         return cls.value
 
 
@@ -232,33 +232,36 @@ class Response:
         return len(self.body)
 
     def _head(self, request: Request, length: int | None, chunked: bool) -> bytes:
-        """The status line and headers, with the ones the connection decides: Date, framing, Connection."""
+        """The status line and headers, with the ones the connection decides: Date, Server, framing, Connection.
+
+        ``headers`` never hold the framing ones (Content-Length, Transfer-Encoding, Connection): they are set here."""
         connection = request.connection
         connection.prepare_hook(request, self)
-        headers = self.headers  # never the framing ones (Content-Length, Transfer-Encoding, Connection): set here
+        status = self.status
         if not request.complete or connection.closing or not request.keep_alive:
             self.closing = True
-        reason = self.reason if self.reason is not None else phrase(self.status)
-        lines = [f"HTTP/1.1 {self.status} {reason}", f"Date: {_Date.now()}"]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}")
-        if self.status not in _NO_BODY and self.status >= 200:
-            if length is not None:
-                lines.append(f"Content-Length: {length}")
-            elif chunked:
-                lines.append("Transfer-Encoding: chunked")
-            else:
-                self.closing = True  # an HTTP/1.0 client: the body ends where the connection does
+        if status in _NO_BODY or status < 200:
+            framing = ""
+        elif length is not None:
+            framing = f"Content-Length: {length}\r\n"
+        elif chunked:
+            framing = "Transfer-Encoding: chunked\r\n"
+        else:
+            framing = ""
+            self.closing = True  # an HTTP/1.0 client: the body ends where the connection does
         if self.closing:
-            lines.append("Connection: close")
+            framing += "Connection: close\r\n"
         elif request.version == "1.0":
-            lines.append("Connection: keep-alive")
-        head = "\r\n".join(lines)
-        breaks = len(lines) - 1  # every CR and LF is a separator put in here, else a value carried its own
-        if head.count("\n") != breaks or head.count("\r") != breaks:
+            framing += "Connection: keep-alive\r\n"
+        headers = self.headers
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        reason = self.reason if self.reason is not None else _PHRASES.get(status, "")
+        head = f"HTTP/1.1 {status} {reason}\r\n{_Date.now()}{fields}{framing}\r\n"
+        breaks = len(headers) + framing.count("\n") + 4  # every CR and LF is a separator put in here, else a value
+        if head.count("\n") != breaks or head.count("\r") != breaks:  # carried its own
             raise ValueError("an answer header contains a line break")
         self.prepared = request.answered = True
-        return (head + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        return head.encode("utf-8", "surrogateescape")
 
     def send(self, request: Request) -> None:
         """Write the whole answer (the connection does, once the handler returns it)."""
