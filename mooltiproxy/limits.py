@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from .errors import GatewayError
@@ -38,8 +37,8 @@ class RateLimited(GatewayError):
 
 def usage_tokens(answer: Any) -> int | None:
     """Prompt + completion tokens of an answer's ``usage`` (OpenAI's, or Anthropic's input + output)."""
-    usage = answer.get("usage") if isinstance(answer, Mapping) else None
-    if not isinstance(usage, Mapping):
+    usage = answer.get("usage") if isinstance(answer, dict) else None  # parsed JSON: a dict or nothing
+    if not isinstance(usage, dict):
         return None
     total = usage.get("total_tokens")
     if isinstance(total, int):

@@ -46,8 +46,8 @@ FLUSH_SECONDS = 1.0
 
 def usage_counts(answer: Any) -> tuple[int | None, int | None]:
     """Prompt and completion tokens of an answer's ``usage`` (OpenAI's, or Anthropic's input and output)."""
-    usage = answer.get("usage") if isinstance(answer, Mapping) else None
-    if not isinstance(usage, Mapping):
+    usage = answer.get("usage") if isinstance(answer, dict) else None  # parsed JSON: a dict or nothing
+    if not isinstance(usage, dict):
         return None, None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
@@ -82,6 +82,32 @@ class _Replicas(Collector):
         yield family
 
 
+class Level:
+    """A gauge every request moves: an int in memory, set on the gauge at a flush (each scrape flushes first), or
+    written through at once when workers share a folder, where another worker's scrape reads it."""
+
+    __slots__ = ("gauge", "through", "value")
+
+    def __init__(self, gauge: Gauge, *, through: bool) -> None:
+        self.gauge = gauge
+        self.through = through
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+        if self.through:
+            self.gauge.inc()
+
+    def dec(self) -> None:
+        self.value -= 1
+        if self.through:
+            self.gauge.dec()
+
+    def publish(self) -> None:
+        if not self.through:
+            self.gauge.set(self.value)
+
+
 class Metrics:
     """The gateway's metrics, and the exposition of a scrape."""
 
@@ -111,14 +137,18 @@ class Metrics:
             registry=own,
             buckets=_ADDED_BUCKETS,
         )
-        self.in_flight = Gauge(
-            "mooltiproxy_in_flight_requests", "Requests being served", registry=own, multiprocess_mode="livesum"
+        self.in_flight = Level(
+            Gauge("mooltiproxy_in_flight_requests", "Requests being served", registry=own, multiprocess_mode="livesum"),
+            through=own is None,
         )
-        self.in_flight_streams = Gauge(
-            "mooltiproxy_in_flight_streams",
-            "Event-stream answers being sent",
-            registry=own,
-            multiprocess_mode="livesum",
+        self.in_flight_streams = Level(
+            Gauge(
+                "mooltiproxy_in_flight_streams",
+                "Event-stream answers being sent",
+                registry=own,
+                multiprocess_mode="livesum",
+            ),
+            through=own is None,
         )
         self.tokens_in = Counter(
             "mooltiproxy_tokens_in", "Prompt tokens of the answers, by target", ["target"], registry=own
@@ -176,6 +206,8 @@ class Metrics:
         """Add the tallied observations to the metrics (at a scrape, and within ``FLUSH_SECONDS`` of one)."""
         self._flush_timer = None
         self.tally.flush()
+        self.in_flight.publish()
+        self.in_flight_streams.publish()
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

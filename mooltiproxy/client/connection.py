@@ -237,6 +237,9 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body."""
+        whole = self.arrived()
+        if whole is not None:  # no async generator to make (and for the loop to track) when it is all here
+            return whole
         parts = [chunk async for chunk in self.iter_any()]
         return b"".join(parts)
 
