@@ -51,10 +51,8 @@ def usage_counts(answer: Any) -> tuple[int | None, int | None]:
         return None, None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (
-        prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
-        completion if isinstance(completion, int) and not isinstance(completion, bool) else None,
-    )
+    # parsed JSON: an int is exactly an int (a bool is not one)
+    return (prompt if type(prompt) is int else None, completion if type(completion) is int else None)
 
 
 def _shown(url: str) -> str:

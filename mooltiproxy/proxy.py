@@ -56,9 +56,10 @@ _USAGE_READ_LIMIT = 1024 * 1024
 
 
 def _count(exchange: Exchange, answer: Any) -> None:
-    """The tokens of an answer's ``usage``, for a key's limits and the metrics."""
-    exchange.tokens = usage_tokens(answer)
+    """The tokens of an answer's ``usage``, for the metrics and (when it has a ``tpm``) a key's limits."""
     exchange.tokens_in, exchange.tokens_out = usage_counts(answer)
+    if exchange.count_tokens:
+        exchange.tokens = usage_tokens(answer)
 
 
 def _passed_usage(exchange: Exchange, body: bytes) -> None:
