@@ -8,9 +8,10 @@ access line costs. The figures behind the choices in bench/README.md ("Options, 
   gateway did) and with ``mooltiproxy.client.Pool`` (as it does), twice each, interleaved. CPU per request is this
   process's CPU time over the requests.
 * **server**: the same fixed JSON answer served by ``aiohttp.web`` (an ``Application`` with one catch-all route,
-  as the gateway runs), by aiohttp's low-level ``web.Server`` (no application, router or signals), and by a bare
-  ``asyncio.Protocol`` over llhttp (``httptools``), each in a subprocess on the first CPU, loaded with wrk (or the
-  built-in generator) from the second. CPU per request is the server's, from ``/proc``.
+  as the gateway once ran), by aiohttp's low-level ``web.Server`` (no application, router or signals), by the
+  gateway's own server (``mooltiproxy.inbound``, as the gateway runs now) and by a bare ``asyncio.Protocol`` over
+  llhttp (``httptools``), each in a subprocess on the first CPU, loaded with wrk (or the built-in generator) from
+  the second. CPU per request is the server's, from ``/proc``.
 * **access line**: one line of the gateway's access log, text and JSON, written to a file.
 
 Each figure is set against the others of the same run only; run it twice before drawing conclusions.
@@ -43,7 +44,7 @@ from mooltiproxy.client import Origin, Pool
 
 BODY = orjson.dumps(TGI_REQUEST)
 ANSWER = b'{"generated_text":" Paris is the capital."}'
-SERVERS = ("aiohttp.web", "aiohttp low-level", "asyncio + llhttp")
+SERVERS = ("aiohttp.web", "aiohttp low-level", "mooltiproxy.inbound", "asyncio + llhttp")
 
 
 async def with_aiohttp(port: int, requests: int, concurrency: int) -> None:
@@ -105,6 +106,8 @@ def serve(kind: str, port: int) -> None:
     import uvloop
     from aiohttp import web
 
+    from mooltiproxy.inbound import Listener, Request, Response, json_response
+
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
     answer = head + ANSWER
 
@@ -123,6 +126,10 @@ def serve(kind: str, port: int) -> None:
             assert self.transport is not None
             self.transport.write(answer)
 
+    async def own(request: Request) -> Response:
+        await request.read()
+        return json_response(ANSWER)
+
     async def handler(request: web.BaseRequest) -> web.Response:
         await request.read()
         return web.Response(body=ANSWER, content_type="application/json")
@@ -137,6 +144,10 @@ def serve(kind: str, port: int) -> None:
             await web.TCPSite(runner, "127.0.0.1", port).start()
         elif kind == "aiohttp low-level":
             await loop.create_server(web.Server(handler, access_log=None), "127.0.0.1", port)
+        elif kind == "mooltiproxy.inbound":
+            hook = lambda _request, _response: None  # noqa: E731 - no headers of the gateway's to add
+            listener = Listener(own, hook, limit=1024, body_limit=1 << 20, header_timeout=15)
+            await listener.listen("127.0.0.1", port)
         else:
             await loop.create_server(Bare, "127.0.0.1", port)
         print("listening", flush=True)
