@@ -48,7 +48,7 @@ _MAX_ID = 128
 
 
 class RequestInfo:
-    """The request being served (one per request: aiohttp runs each request in a task of its own)."""
+    """The request being served (one per request: the server runs each request in a task of its own)."""
 
     __slots__ = ("id", "open", "stream")
 

@@ -213,7 +213,7 @@ class Gateway:
             return response
         except Exception as exc:
             if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
-                # The client left while its answer was being written, before aiohttp noticed and cancelled us.
+                # The client left while its answer was being written, before its connection noticed and cancelled us.
                 log.debug("the client left during %s %s", request.method, request.path)
                 raise asyncio.CancelledError from None
             if exchange is not None and exchange.started:
