@@ -27,6 +27,12 @@ def post(body: bytes, *extra: str) -> bytes:
     return get("/echo", KEY, "Content-Type: application/json", *extra, method="POST", body=body)
 
 
+def post_head(length: int, *extra: str) -> bytes:
+    """The head alone of a JSON POST whose body of ``length`` bytes is to follow."""
+    lines = ["POST /echo HTTP/1.1", "Host: g", f"Authorization: Bearer {KEY}", "Content-Type: application/json"]
+    return ("\r\n".join([*lines, f"Content-Length: {length}", *extra]) + "\r\n\r\n").encode()
+
+
 def read_answer(sock: socket.socket) -> bytes:
     """One answer framed by its Content-Length."""
     data = b""
@@ -41,10 +47,7 @@ def read_answer(sock: socket.socket) -> bytes:
 
 def test_expect_100_continue_gets_the_interim_answer_before_the_body_is_sent(gw: Any) -> None:
     body = b'{"sent": "after the interim answer"}'
-    head = (
-        f"POST /echo HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
-    ).encode()
+    head = post_head(len(body), "Expect: 100-continue", "Connection: close")
     with socket.create_connection(("127.0.0.1", port_of(gw.url)), timeout=5) as sock:
         sock.sendall(head)
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # without it the client would wait, then send
@@ -134,10 +137,7 @@ def test_more_pipelined_requests_than_are_read_ahead_are_answered_in_order(gw: A
 def test_an_answer_before_the_end_of_the_body_lets_the_client_finish_sending(gw: Any) -> None:
     """A 413 for a declared length, sent while the client is still sending: the gateway half-closes and reads (and
     drops) what still comes for a moment, so the client is not reset mid-send and reads the answer, then the end."""
-    head = (
-        f"POST /echo HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {4 * 1024 * 1024}\r\n\r\n"
-    ).encode()
+    head = post_head(4 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", port_of(gw.url)), timeout=5) as sock:
         sock.sendall(head)
         time.sleep(0.2)  # the answer is written now
