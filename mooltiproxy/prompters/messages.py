@@ -25,12 +25,13 @@ def check_messages(messages: Any) -> CheckedMessages:
     when the content is flattened). A list this returned is not checked again."""
     if type(messages) is CheckedMessages:
         return messages
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+    # the exact-type tests first: JSON lists and objects skip the slower abstract-class checks
+    if type(messages) is not list and (not isinstance(messages, Sequence) or isinstance(messages, (str, bytes))):
         raise BadRequest("'messages' must be a list of message objects", param="messages")
     if not messages:
         raise BadRequest("'messages' must not be empty", param="messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
         if not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}].role must be a string", param="messages")
@@ -77,11 +78,13 @@ def for_jinja(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         copy = {key: value for key, value in message.items() if value is not None}
-        if "content" in copy:
+        if isinstance(copy.get("content"), list):
             copy["content"] = flatten_content(copy["content"], i)
-        reasoning = next((copy[key] for key in _REASONING_KEYS if key in copy), None)
-        if reasoning is not None:
-            for key in _REASONING_KEYS:
-                copy.setdefault(key, reasoning)
+        for key in _REASONING_KEYS:  # the first one given is copied to the others
+            if key in copy:
+                reasoning = copy[key]
+                for alias in _REASONING_KEYS:
+                    copy.setdefault(alias, reasoning)
+                break
         out.append(copy)
     return out
