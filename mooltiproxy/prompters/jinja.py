@@ -97,10 +97,20 @@ def _compile(source: str, variant: str | None) -> jinja2.Template:
         template = _environment().from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateCompileError(exc.message or str(exc), exc.lineno, variant) from None
-    # Jinja keeps a template's globals as a ChainMap over the environment's, merged into a new dict on every
-    # render; the environment's globals are final by now, so one plain dict renders the same, faster.
+    # Jinja keeps a template's globals as a ChainMap over the environment's; the environment's globals are final
+    # by now, so a plain dict holds the same
     template.globals = dict(template.globals)
     return template
+
+
+def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """``template.render(context)`` for a ``context`` that already starts with the template's globals: Jinja renders
+    with it as it is, rather than merging the globals and the variables into a new dict."""
+    ctx = template.new_context(context, shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(ctx))
+    except Exception:
+        template.environment.handle_exception()
 
 
 class JinjaTemplate:
@@ -143,6 +153,7 @@ class JinjaTemplate:
         self.add_generation_prompt = add_generation_prompt
         self.default_system = default_system
         self._variables = self._base_variables()
+        self._context = self._contexts()
 
     def _base_variables(self) -> dict[str, Any]:
         """The variables every rendering starts from: the special tokens that are set, then ``kwargs``."""
@@ -153,6 +164,10 @@ class JinjaTemplate:
             variables["eos_token"] = self.eos_token
         variables.update(self.kwargs)
         return variables
+
+    def _contexts(self) -> dict[str, dict[str, Any]]:
+        """Per compiled template, what every rendering's context starts from: its globals, then the variables."""
+        return {key: {**compiled.globals, **self._variables} for key, compiled in self._compiled.items()}
 
     def derive(
         self,
@@ -174,6 +189,7 @@ class JinjaTemplate:
         if add_generation_prompt is not None:
             twin.add_generation_prompt = add_generation_prompt
         twin._variables = twin._base_variables()
+        twin._context = twin._contexts()
         return twin
 
     def render(
@@ -190,12 +206,11 @@ class JinjaTemplate:
         tool_list = check_tools(tools)
         if self.default_system and chat[0].get("role") not in ("system", "developer"):
             chat.insert(0, {"role": "system", "content": self.default_system})
-        compiled = self._compiled.get("tool_use") if tool_list is not None else None
-        if compiled is None:
-            compiled = self._compiled.get("default")
+        key = "tool_use" if tool_list is not None and "tool_use" in self._compiled else "default"
+        compiled = self._compiled.get(key)
         if compiled is None:
             raise BadRequest(f"template '{self.name}' has no default template", param="messages")
-        variables = {**self._variables, **kwargs}
+        variables = {**self._context[key], **kwargs}
         variables["messages"] = chat
         variables["tools"] = tool_list
         variables["documents"] = list(documents) if documents is not None else None
@@ -203,7 +218,7 @@ class JinjaTemplate:
             self.add_generation_prompt if add_generation_prompt is None else add_generation_prompt
         )
         try:
-            text = compiled.render(variables)
+            text = _render(compiled, variables)
         except jinja2.TemplateError as exc:
             # raise_exception() messages, undefined values, sandbox refusals: the template's own words
             detail = exc.message or type(exc).__name__
