@@ -72,6 +72,7 @@ def tool_call_id(fmt: str) -> str:
 
 #: tool-call formats parsed out of answers (``none`` and unknown values: never)
 _TOOL_FORMATS = frozenset({"llama3", "hermes", "mistral"})
+_NO_TOOLS: tuple[None, frozenset[str]] = (None, frozenset())
 
 
 def tool_setup(payload: Any, ctx: MappingContext) -> tuple[str | None, frozenset[str]]:
@@ -80,11 +81,11 @@ def tool_setup(payload: Any, ctx: MappingContext) -> tuple[str | None, frozenset
     Only when the request has ``tools``, its ``tool_choice`` is not ``none`` and the route's ``tool_format``
     (given, or derived from the template at start-up) is a known format."""
     fmt = ctx.entry.get("tool_format")
-    if fmt not in _TOOL_FORMATS or not isinstance(payload, Mapping):
-        return None, frozenset()
+    if fmt not in _TOOL_FORMATS or (type(payload) is not dict and not isinstance(payload, Mapping)):
+        return _NO_TOOLS
     tools = payload.get("tools")
     if not isinstance(tools, list) or not tools or payload.get("tool_choice") == "none":
-        return None, frozenset()
+        return _NO_TOOLS
     names: set[str] = set()
     for tool in tools:
         function = tool.get("function") if isinstance(tool, Mapping) else None
@@ -123,7 +124,6 @@ class RequestState:
 
     def __init__(
         self,
-        *,
         chat: bool,
         id: str,
         created: int,
@@ -172,21 +172,22 @@ class RequestState:
     ) -> RequestState:
         """The state of a new request: a fresh id, the answered model name and the target's fingerprint."""
         fingerprint = ctx.options.get("system_fingerprint")
-        tool_format, tool_names = tool_setup(payload, ctx) if chat else (None, frozenset[str]())
+        tool_format, tool_names = tool_setup(payload, ctx) if chat else _NO_TOOLS
+        # positional: a class called with keywords gets them through a new dict, which costs more than the rest
         return cls(
-            chat=chat,
-            id=new_id("chatcmpl-" if chat else "cmpl-"),
-            created=int(time.time()),
-            model=answered_model(payload, ctx),
-            stops=stops,
-            slots=slots,
-            prompts=prompts,
-            echo=echo,
-            logprobs=logprobs,
-            include_usage=include_usage,
-            fingerprint=fingerprint if isinstance(fingerprint, str) else None,
-            tool_format=tool_format,
-            tool_names=tool_names,
+            chat,
+            new_id("chatcmpl-" if chat else "cmpl-"),
+            int(time.time()),
+            answered_model(payload, ctx),
+            stops,
+            slots,
+            prompts,
+            echo,
+            logprobs,
+            include_usage,
+            fingerprint if isinstance(fingerprint, str) else None,
+            tool_format,
+            tool_names,
         )
 
     @property
