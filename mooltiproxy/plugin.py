@@ -177,6 +177,8 @@ class MappingContext(Mapping[str, Any]):
         if self.prompter is None:
             raise BadRequest("this endpoint has no prompter to turn messages into a prompt", param="messages")
         result = self.prompter(messages, self)
+        if type(result) is Prompt:  # what the built-in prompters return
+            return result
         if inspect.isawaitable(result):
             result = await result
         return as_prompt(result)

@@ -36,7 +36,8 @@ def from_template(messages: list[dict[str, Any]], ctx: MappingContext) -> Prompt
     """Render ``messages`` with the route's template, offering it the request's ``tools``."""
     if ctx.template is None:
         raise BadRequest("this endpoint has no prompt template to turn messages into a prompt", param="messages")
-    tools = ctx.payload.get("tools") if isinstance(ctx.payload, Mapping) else None
+    payload = ctx.payload
+    tools = payload.get("tools") if type(payload) is dict or isinstance(payload, Mapping) else None
     return ctx.template.render(messages, tools=tools)
 
 
