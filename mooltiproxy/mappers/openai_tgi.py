@@ -69,6 +69,8 @@ _COMMON = frozenset(
 )  # fmt: skip
 _CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice"}
 _TEXT_PARAMS = _COMMON | {"prompt", "best_of", "echo", "suffix"}
+#: parameters most requests leave out: read only when the request has one of them
+_PENALTIES = frozenset({"seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "truncate"})
 
 
 class _Parsed(NamedTuple):
@@ -101,11 +103,14 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
     n = read_integer(payload, "n", 1, 128) or 1
     temperature = read_number(payload, "temperature", 0, 2)
     top_p = read_number(payload, "top_p", 0, 1)
-    top_k = read_integer(payload, "top_k", 1, _I32)
-    typical_p = read_number(payload, "typical_p", 0, 1)
-    if typical_p is not None and f32(typical_p) <= 0:
-        raise BadRequest("Invalid 'typical_p': expected a value above 0.", param="typical_p")
-    greedy = (temperature is not None and temperature < _GREEDY_TEMPERATURE) or (top_p is not None and f32(top_p) <= 0)
+    top_p32 = f32(top_p) if top_p is not None else None
+    top_k = typical_p = None
+    if "top_k" in payload or "typical_p" in payload:  # TGI's own, seldom sent
+        top_k = read_integer(payload, "top_k", 1, _I32)
+        typical_p = read_number(payload, "typical_p", 0, 1)
+        if typical_p is not None and f32(typical_p) <= 0:
+            raise BadRequest("Invalid 'typical_p': expected a value above 0.", param="typical_p")
+    greedy = (temperature is not None and temperature < _GREEDY_TEMPERATURE) or (top_p32 is not None and top_p32 <= 0)
 
     if chat:
         name = "max_completion_tokens"
@@ -123,32 +128,18 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
             raise BadRequest(f"Invalid '{name}': the model server generates at least 1 token.", param=name)
         params["max_new_tokens"] = max_tokens
 
-    seed = read_integer(payload, "seed", -(2**63), _U64)
-    if seed is not None and seed < 0:
-        raise BadRequest("Invalid 'seed': the model server only accepts seeds from 0 to 2**64-1.", param="seed")
-    frequency_penalty = read_number(payload, "frequency_penalty", -2, 2)
-    if frequency_penalty:
-        params["frequency_penalty"] = frequency_penalty
-    presence_penalty = read_number(payload, "presence_penalty", -2, 2)
-    repetition_penalty = read_number(payload, "repetition_penalty", 0, 1e9)
-    if repetition_penalty is not None:
-        if f32(repetition_penalty) <= 0:
-            raise BadRequest("Invalid 'repetition_penalty': expected a value above 0.", param="repetition_penalty")
-        params["repetition_penalty"] = repetition_penalty
-    elif presence_penalty:
-        params["repetition_penalty"] = 2 ** (presence_penalty / 2)
-    truncate = read_integer(payload, "truncate", 1, _U32)
-    if truncate is not None:
-        params["truncate"] = truncate
+    seed = None
+    if not _PENALTIES.isdisjoint(payload):
+        seed = _read_penalties(payload, params)
 
-    logprobs: int | None
-    if chat:
-        top_name = "top_logprobs"
-        top = read_integer(payload, top_name, 0, 20)
-        logprobs = (top or 0) if read_flag(payload, "logprobs") else None
-    else:
-        top_name = "logprobs"
-        logprobs = read_integer(payload, top_name, 0, 5)
+    logprobs: int | None = None
+    top_name = "top_logprobs" if chat else "logprobs"
+    if "logprobs" in payload or "top_logprobs" in payload:
+        if chat:
+            top = read_integer(payload, top_name, 0, 20)
+            logprobs = (top or 0) if read_flag(payload, "logprobs") else None
+        else:
+            logprobs = read_integer(payload, top_name, 0, 5)
     if logprobs:
         most = option_int(ctx, "max_top_n_tokens", 5)
         if logprobs > most:
@@ -191,7 +182,7 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
         params["do_sample"] = True
         if temperature is not None and temperature != 1.0:
             params["temperature"] = temperature
-        if top_p is not None and f32(top_p) < 1.0:
+        if top_p32 is not None and top_p32 < 1.0:
             params["top_p"] = top_p
         if top_k is not None:
             params["top_k"] = top_k
@@ -200,11 +191,36 @@ def _parse(payload: dict[str, Any], ctx: MappingContext, chat: bool) -> _Parsed:
     if best_of > 1:
         params["best_of"] = best_of
         seed = None  # TGI refuses a seed with best_of
-    grammar = read_grammar(payload.get("response_format"))
-    if grammar is not None:
-        params["grammar"] = grammar
-    stops = read_stops(payload.get("stop"), option_int(ctx, "max_stop_sequences", 4))
+    response_format = payload.get("response_format")
+    if response_format is not None:
+        grammar = read_grammar(response_format)
+        if grammar is not None:
+            params["grammar"] = grammar
+    stop = payload.get("stop")
+    stops = [] if stop is None else read_stops(stop, option_int(ctx, "max_stop_sequences", 4))
     return _Parsed(params, stream, include_usage, n, best_of, seed, logprobs, echo, stops)
+
+
+def _read_penalties(payload: dict[str, Any], params: dict[str, Any]) -> int | None:
+    """Check ``seed``, the penalties and ``truncate``, add what TGI gets of them to ``params``; the seed."""
+    seed = read_integer(payload, "seed", -(2**63), _U64)
+    if seed is not None and seed < 0:
+        raise BadRequest("Invalid 'seed': the model server only accepts seeds from 0 to 2**64-1.", param="seed")
+    frequency_penalty = read_number(payload, "frequency_penalty", -2, 2)
+    if frequency_penalty:
+        params["frequency_penalty"] = frequency_penalty
+    presence_penalty = read_number(payload, "presence_penalty", -2, 2)
+    repetition_penalty = read_number(payload, "repetition_penalty", 0, 1e9)
+    if repetition_penalty is not None:
+        if f32(repetition_penalty) <= 0:
+            raise BadRequest("Invalid 'repetition_penalty': expected a value above 0.", param="repetition_penalty")
+        params["repetition_penalty"] = repetition_penalty
+    elif presence_penalty:
+        params["repetition_penalty"] = 2 ** (presence_penalty / 2)
+    truncate = read_integer(payload, "truncate", 1, _U32)
+    if truncate is not None:
+        params["truncate"] = truncate
+    return seed
 
 
 def _stream_path(ctx: MappingContext) -> str:
