@@ -134,7 +134,6 @@ class MappingContext(Mapping[str, Any]):
 
     def __init__(
         self,
-        *,
         target: str,
         path: str,
         upstream_path: str,
