@@ -86,7 +86,8 @@ class TGIAnswerMapper:
         choices: list[dict[str, Any]] = []
         prompt_tokens: dict[int, int] = {}
         completion_tokens = 0
-        for i, (answer, slot) in enumerate(zip(answers, state.slots, strict=True)):
+        for i, answer in enumerate(answers):
+            slot = state.slots[i]  # as many as the answers
             headers = ctx.reply_headers[i] if i < len(ctx.reply_headers) else _EMPTY
             details = answer.get("details")
             if not isinstance(details, dict):
