@@ -53,7 +53,7 @@ def new_id(prefix: str) -> str:
     global _rng
     if _rng is None:
         _rng = random.Random()  # seeded from os.urandom on first use
-    return f"{prefix}{_rng.getrandbits(128):032x}"
+    return prefix + _rng.getrandbits(128).to_bytes(16, "big").hex()
 
 
 _ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

@@ -105,12 +105,14 @@ def _compile(source: str, variant: str | None) -> jinja2.Template:
 
 def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
     """``template.render(context)`` for a ``context`` that already starts with the template's globals: Jinja renders
-    with it as it is, rather than merging the globals and the variables into a new dict."""
-    ctx = template.new_context(context, shared=True)
+    with it as it is, rather than merging the globals and the variables into a new dict (what
+    ``template.new_context(context, shared=True)`` does, without its two calls)."""
+    env = template.environment
+    ctx = env.context_class(env, context, template.name, template.blocks, template.globals)
     try:
-        return template.environment.concat(template.root_render_func(ctx))
+        return env.concat(template.root_render_func(ctx))
     except Exception:
-        template.environment.handle_exception()
+        env.handle_exception()
 
 
 class JinjaTemplate:
