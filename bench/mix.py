@@ -144,6 +144,9 @@ class Kind:
     action: str = READ
     abort_ms: float = 0.0
     what: str = ""
+    #: ``ABORT``: the upstream's pause; an answer read after it came in time, and only the client was late to leave
+    #: (its own event loop stalled past both deadlines): counted as such, not as the gateway's fault
+    answer_after_ms: float = 0.0
 
 
 def mix(loader: Loader, wrong_key: str) -> list[Kind]:
@@ -164,5 +167,6 @@ def mix(loader: Loader, wrong_key: str) -> list[Kind]:
             headers = {**headers, "x-api-key": wrong_key}
         abort_ms = {ABORT: ABORT_AFTER_MS, PARTIAL: PARTIAL_WAIT_MS}.get(action, 0.0)
         weight = WEIGHTS.get(name, 1)
-        kinds.append(Kind(name, weight, method, url, headers, body, status, expect, action, abort_ms, what))
+        late = SLOW_ANSWER_MS if action == ABORT else 0.0
+        kinds.append(Kind(name, weight, method, url, headers, body, status, expect, action, abort_ms, what, late))
     return kinds

@@ -71,7 +71,7 @@ class Request:
     ) -> None:
         self.connection = connection
         self.method = method
-        #: decoded as the routes are written (``/%70ublic`` is ``/public``); an encoded slash stays encoded
+        #: percent-decoded, as the routes are written (``/%70ublic`` is ``/public``); dot segments stay as they are
         self.path = path
         self.query_string = query_string
         self.headers = headers
@@ -105,7 +105,7 @@ class Request:
 
     @property
     def complete(self) -> bool:
-        """The whole body has arrived (or failed)."""
+        """The whole body has arrived (a body that failed never completes: its connection closes)."""
         return self._complete
 
     # -- fed by the connection
@@ -217,7 +217,8 @@ class Response:
         self.status = status
         self.reason = reason
         self.body = body
-        self.headers: CIMultiDict[str] = CIMultiDict(headers) if headers else CIMultiDict()
+        #: a CIMultiDict given is the answer's own from then on (the proxy builds one per answer); others are copied
+        self.headers: CIMultiDict[str] = headers if type(headers) is CIMultiDict else CIMultiDict(headers or ())
         if content_type is not None:
             self.headers["Content-Type"] = content_type
         #: the connection closes after this answer
