@@ -27,7 +27,8 @@ log = logging.getLogger("mooltiproxy")
 
 
 class Listener:
-    """The protocol factory of the gateway's sockets, and the connections it has made."""
+    """The protocol factory of the gateway's sockets, and the connections it has made (made on the running loop,
+    which serves them)."""
 
     def __init__(
         self, handler: Handler, prepare_hook: PrepareHook, *, limit: int, body_limit: int, header_timeout: float
