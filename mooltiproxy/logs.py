@@ -167,7 +167,7 @@ class _Direct:
         second = int(now)
         if second != self._second:
             who = f"INFO [{os.getpid()}]" if self.pid else "INFO"
-            self._second, self._prefix = second, f"{self.text.stamp(second, 0)[:-3]}"
+            self._second, self._prefix = second, self.text.stamp(second, 0)[:-3]
             self._who = f" {who} {ACCESS_LOGGER}: "
         return (
             f'{self._prefix}{int((now - second) * 1000):03d}{self._who}{client} "{method} {path}" target={target} '

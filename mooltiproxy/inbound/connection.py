@@ -27,7 +27,7 @@ import httptools
 from multidict import CIMultiDict
 
 from ..errors import GatewayError
-from .messages import BodyError, Request, Response, StreamResponse
+from .messages import BodyError, Request, Response
 
 if TYPE_CHECKING:
     from .listener import Listener
@@ -279,10 +279,7 @@ class Connection(asyncio.Protocol):
                     raise
                 error = GatewayError("the gateway could not serve the request", status=500)
                 response = Response(status=500, body=error.to_json(), content_type="application/json")
-            if isinstance(response, StreamResponse) and response.prepared:
-                response._end()
-            else:
-                response.send(request)
+            response.send(request)  # a stream the handler has prepared only ends here
         except asyncio.CancelledError:  # the client left, or the gateway is stopping: nothing more to say
             response = None
         except Exception:  # the answer had begun, or it cannot be written: cut the connection so the client knows

@@ -228,10 +228,6 @@ class Response:
     def force_close(self) -> None:
         self.closing = True
 
-    @property
-    def content_length(self) -> int | None:
-        return len(self.body)
-
     def _head(self, request: Request, length: int | None, chunked: bool) -> bytes:
         """The status line and headers, with the ones the connection decides: Date, Server, framing, Connection.
 
@@ -274,32 +270,25 @@ class Response:
 class StreamResponse(Response):
     """An answer written as it comes: ``await prepare(request)``, then ``write``, then ``write_eof``."""
 
-    __slots__ = ("_chunked", "_length", "_request", "_silent", "ended")
+    __slots__ = ("_chunked", "_request", "_silent", "content_length", "ended")
 
     def __init__(self, *, status: int = 200, reason: str | None = None, headers: Any = None) -> None:
         super().__init__(status=status, reason=reason, headers=headers)
-        self._length: int | None = None
+        #: the body's length when known before ``prepare`` (else it is sent chunked)
+        self.content_length: int | None = None
         self._chunked = False
         self._silent = False
         self._request: Request | None = None
         self.ended = False
-
-    @property
-    def content_length(self) -> int | None:
-        return self._length
-
-    @content_length.setter
-    def content_length(self, value: int | None) -> None:
-        self._length = value
 
     async def prepare(self, request: Request) -> None:
         self._begin(request)
 
     def _begin(self, request: Request) -> None:
         self._request = request
-        self._chunked = self._length is None and request.version != "1.0"
+        self._chunked = self.content_length is None and request.version != "1.0"
         self._silent = request.method == "HEAD" or self.status in _NO_BODY
-        request.connection.write(self._head(request, self._length, self._chunked))
+        request.connection.write(self._head(request, self.content_length, self._chunked))
 
     async def write(self, data: bytes) -> None:
         request = self._request
